@@ -1,0 +1,76 @@
+"""The `train` subcommand. `client/cli.py` calls `register(subparsers)`; `python -m trainer` uses `main()`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from common.config import ConfigError, add_dataclass_flags, config_from_args
+from trainer.config import TrainConfig
+
+EXIT_OK = 0
+EXIT_BAD_CONFIG = 2                  # argparse's own code for a usage error
+EXIT_FAILED = 1
+
+EPILOG = """\
+examples:
+  # train on a sampling job while it is still sampling, push the adapter when done
+  ssd train --job-id job_123 --model demo --max-steps 100 --push true --output-dir runs/round1
+
+  # everything from a YAML file, one value overridden by a flag
+  ssd train --config train.yaml --lr 5e-5
+
+  # offline, from a JSONL export of the pull API (one sample per line)
+  ssd train --samples-file samples.jsonl --epochs 2 --lora-rank 8 --output-dir runs/offline
+
+  # continue after a crash or kill -9: picks the newest COMPLETE checkpoint in --output-dir
+  ssd train --config train.yaml --resume
+
+precedence: dataclass defaults < --config YAML < flags. Outputs in --output-dir:
+  adapter/ (adapter_config.json + adapter_model.safetensors), checkpoints/step-N/, metrics.jsonl
+"""
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="YAML", help="YAML file with TrainConfig fields")
+    parser.add_argument("--resume", action="store_true", default=None,
+                        help="continue from the newest complete checkpoint in output_dir")
+    add_dataclass_flags(parser, TrainConfig, skip=("resume",))
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train", help="fine-tune a LoRA adapter on a job's samples (SSD step 2)",
+        description="Fine-tune a LoRA adapter with cross-entropy on sampled completions (prompt tokens masked).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(parser)
+    parser.set_defaults(func=run_train_command)
+    return parser
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(TrainConfig, args)
+    except ConfigError as exc:
+        print(f"ssd train: bad config: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    from trainer.recipe import train   # torch is imported only when training really starts
+
+    try:
+        result = train(config)
+    except ConfigError as exc:
+        print(f"ssd train: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(f"adapter: {result.adapter_dir}")
+    print(f"steps: {result.steps}  final loss: {result.final_loss:.4f}  metrics: {result.metrics_path}")
+    if result.pushed:
+        print(f"serving: {result.pushed.get('alias')} (version {result.pushed.get('version')})")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer", description="Fine-tune a LoRA adapter on SSD samples.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(parser)
+    return run_train_command(parser.parse_args(argv))
