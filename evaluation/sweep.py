@@ -1,0 +1,136 @@
+"""Temperature studies: a T_eval sweep, and a (T_train, T_eval) grid that reports T_eff = T_train × T_eval.
+
+The paper's claim under test: tuning the base model's temperature alone cannot match SSD. So every
+study evaluates the base model over the same T_eval values as the SSD adapter(s), and the report puts
+the base model's best temperature beside SSD's.
+
+The base model has no T_train; its T_eff is T_eval (it samples its own distribution at T_eval).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evaluation.metrics import Metric
+from evaluation.runner import EvalConfig, EvalResult, Sampler, evaluate
+
+SWEEP_FILE = "sweep.json"
+MAX_SWEEP_POINTS = 64
+BASE_LABEL = "base"
+
+
+@dataclass
+class SweepPoint:
+    label: str                   # "base" or the adapter's label (e.g. "ssd T_train=1.6")
+    adapter: str | None
+    t_train: float | None
+    t_eval: float
+    metrics: dict[str, Metric]
+    run_dir: str
+    by_difficulty: dict[str, dict[str, Metric]] = field(default_factory=dict)
+
+    @property
+    def t_eff(self) -> float:
+        return self.t_eval * (self.t_train if self.t_train is not None else 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"t_eff": self.t_eff}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SweepPoint":
+        def metrics(raw): return {k: Metric(**v) for k, v in raw.items()}
+        return cls(label=data["label"], adapter=data["adapter"], t_train=data["t_train"], t_eval=data["t_eval"],
+                   metrics=metrics(data["metrics"]), run_dir=data["run_dir"],
+                   by_difficulty={d: metrics(m) for d, m in data.get("by_difficulty", {}).items()})
+
+
+def _point(result: EvalResult, label: str, t_train: float | None) -> SweepPoint:
+    return SweepPoint(label=label, adapter=result.config.adapter, t_train=t_train, t_eval=result.config.temperature,
+                      metrics=result.scores.overall, run_dir=str(result.output_dir),
+                      by_difficulty=result.scores.by_difficulty)
+
+
+def _run_point(client: Sampler, base: EvalConfig, *, adapter: str | None, temperature: float,
+               study_dir: Path) -> EvalResult:
+    name = f"{adapter or BASE_LABEL}-T{temperature:g}"
+    config = dataclasses.replace(base, adapter=adapter, temperature=temperature, output_dir=str(study_dir),
+                                 run_name=name)
+    return evaluate(client, config)
+
+
+def _check_size(temperatures: list[float], runs: int) -> None:
+    if not temperatures:
+        raise ValueError("a sweep needs at least one temperature")
+    if len(temperatures) * runs > MAX_SWEEP_POINTS:
+        raise ValueError(f"{len(temperatures) * runs} runs exceed MAX_SWEEP_POINTS={MAX_SWEEP_POINTS}")
+
+
+def temperature_sweep(client: Sampler, config: EvalConfig, temperatures: list[float], *,
+                      adapter: str | None = None, adapter_t_train: float | None = None,
+                      include_base: bool = True) -> list[SweepPoint]:
+    """Evaluate the base model (and `adapter`, if given) at every T_eval in `temperatures`."""
+    runs = [(BASE_LABEL, None, None)] if include_base else []
+    if adapter:
+        runs.append((_adapter_label(adapter, adapter_t_train), adapter, adapter_t_train))
+    return _study(client, config, temperatures, runs)
+
+
+def temperature_grid(client: Sampler, config: EvalConfig, temperatures: list[float],
+                     adapters_by_t_train: dict[float, str], *, include_base: bool = True) -> list[SweepPoint]:
+    """One SSD adapter per T_train, each evaluated at every T_eval: the (T_train, T_eval) grid."""
+    runs = [(BASE_LABEL, None, None)] if include_base else []
+    runs += [(_adapter_label(a, t), a, t) for t, a in sorted(adapters_by_t_train.items())]
+    return _study(client, config, temperatures, runs)
+
+
+def _adapter_label(adapter: str, t_train: float | None) -> str:
+    return f"{adapter} (T_train={t_train:g})" if t_train is not None else adapter
+
+
+def _study(client: Sampler, config: EvalConfig, temperatures: list[float],
+           runs: list[tuple[str, str | None, float | None]]) -> list[SweepPoint]:
+    _check_size(temperatures, len(runs))
+    study_dir = Path(config.output_dir) / (config.run_name or f"{config.benchmark}-sweep")
+    points = []
+    for label, adapter, t_train in runs:
+        for temperature in temperatures:
+            result = _run_point(client, config, adapter=adapter, temperature=temperature, study_dir=study_dir)
+            points.append(_point(result, label, t_train))
+            save_points(points, study_dir)        # a crash keeps the points done so far
+    return points
+
+
+def save_points(points: list[SweepPoint], study_dir: str | Path) -> Path:
+    study_dir = Path(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    path = study_dir / SWEEP_FILE
+    path.write_text(json.dumps([p.to_dict() for p in points], indent=2) + "\n")
+    return path
+
+
+def load_points(path: str | Path) -> list[SweepPoint]:
+    path = Path(path)
+    path = path / SWEEP_FILE if path.is_dir() else path
+    return [SweepPoint.from_dict(row) for row in json.loads(path.read_text())]
+
+
+def parse_temperatures(text: str) -> list[float]:
+    values = [float(part) for part in text.split(",") if part.strip()]
+    if any(v < 0 for v in values):
+        raise ValueError(f"temperatures must be >= 0, got {values}")
+    return values
+
+
+def parse_grid(text: str) -> dict[float, str]:
+    """'1.6=ssd-t16,2.0=ssd-t20' → {1.6: 'ssd-t16', 2.0: 'ssd-t20'}."""
+    grid = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        t_train, sep, adapter = part.partition("=")
+        if not sep or not adapter:
+            raise ValueError(f"grid entries look like T_TRAIN=ADAPTER, got {part!r}")
+        grid[float(t_train)] = adapter
+    return grid
