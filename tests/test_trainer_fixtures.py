@@ -20,7 +20,8 @@ def tiny_llama(seed: int = 0):
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=TINY_MAX_POSITIONS,
-                         bos_token_id=1, eos_token_id=TINY_EOS, pad_token_id=0, tie_word_embeddings=False)
+                         bos_token_id=1, eos_token_id=TINY_EOS, pad_token_id=0, tie_word_embeddings=False,
+                         initializer_range=0.3)   # big enough that logits can move past the final norm
     return LlamaForCausalLM(config)
 
 

@@ -107,6 +107,8 @@ class LoRAFinetuneRecipe:
     def setup(self) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        # Fail on a missing sample source before paying for loading the model.
+        self.source = self.source or _source_from_config(self.config, self.client)
         resume_from = self._checkpoint_to_resume()
         seed_everything(self.config.seed)       # before LoRA init, which draws from torch's RNG
         self._setup_model()
@@ -154,7 +156,6 @@ class LoRAFinetuneRecipe:
 
     def _setup_data(self) -> None:
         config = self.config
-        self.source = self.source or _source_from_config(config, self.client)
         eos_ids = eos_token_ids(self.tokenizer, self.causal_lm.config)
         encoder = SampleEncoder(eos_ids=eos_ids, max_seq_len=config.max_seq_len, tokenizer=self.tokenizer)
         self.stream = MicroBatchStream(
