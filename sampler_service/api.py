@@ -83,7 +83,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.state.ssd = state
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
-    _count_requests(app, state.metrics)
+    app.add_middleware(RequestCounter, metrics=state.metrics)
     _add_routes(app, state)
     return app
 
@@ -118,16 +118,31 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-def _count_requests(app: FastAPI, metrics: Metrics) -> None:
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
-        if response.status_code >= 400:
-            metrics.errors.labels(type=str(response.status_code)).inc()
-        return response
+class RequestCounter:
+    """Count responses by route and status. Pure ASGI on purpose: Starlette's BaseHTTPMiddleware
+    wraps `receive` in a way that hides client disconnects from the handlers."""
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+
+        async def send_and_record(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
+            if status["code"] >= 400:
+                self.metrics.errors.labels(type=str(status["code"])).inc()
 
 
 async def _parse(model: type, request: Request) -> Any:

@@ -1,0 +1,33 @@
+"""Shared fixtures. `sampler_server` starts the one real server of the session, on first use."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.server_harness import ServerHandle
+
+# Tests that train or run models share two cores with the engine; more threads only thrash.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def sampler_server(tmp_path_factory: pytest.TempPathFactory) -> ServerHandle:
+    root = tmp_path_factory.mktemp("sampler")
+    server = ServerHandle(root / "data", root / "server.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sampler_url(sampler_server: ServerHandle) -> str:
+    return sampler_server.url
+
+
+@pytest.fixture(scope="session")
+def demo_model_path() -> str:
+    from common.models import resolve_model
+
+    return resolve_model("demo")
