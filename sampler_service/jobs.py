@@ -43,7 +43,7 @@ class JobRunner:
         job = await asyncio.to_thread(self.store.get_job, job_id)
         if job is None:
             raise NotFound(f"unknown job {job_id!r}", param="id")
-        await asyncio.to_thread(self.store.finish_if_active, job_id, "cancelled")
+        await asyncio.to_thread(self.store.finish_job, job_id, "cancelled")
         driver = self._drivers.pop(job_id, None)
         if driver is not None:
             driver.cancel()  # cancels the in-flight prompts, which aborts them in the engine
@@ -65,13 +65,13 @@ class JobRunner:
             await asyncio.to_thread(self.store.set_status, job_id, "running")
             pending = await asyncio.to_thread(self.store.pending_prompts, job_id)
             await self._run_prompts(job, pending)
-            await asyncio.to_thread(self.store.finish_if_active, job_id, "completed")
+            await asyncio.to_thread(self.store.finish_job, job_id, "completed")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("job %s failed", job_id)
             self.metrics.errors.labels(type="job_failed").inc()
-            await asyncio.to_thread(self.store.finish_if_active, job_id, "failed", f"{type(exc).__name__}: {exc}")
+            await asyncio.to_thread(self.store.finish_job, job_id, "failed", f"{type(exc).__name__}: {exc}")
         finally:
             self._drivers.pop(job_id, None)
 

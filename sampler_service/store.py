@@ -10,7 +10,6 @@ the event loop never waits on disk.
 
 from __future__ import annotations
 
-import bisect
 import json
 import sqlite3
 import threading
@@ -51,6 +50,7 @@ CREATE TABLE IF NOT EXISTS aliases (name TEXT PRIMARY KEY, version INTEGER NOT N
 
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("completed", "failed", "cancelled")
+PENDING = "pending"  # held until the job ends, when the shortest-fraction cut is known
 
 
 @dataclass
@@ -88,7 +88,6 @@ class Store:
         # drop the last transactions.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        self._kept_lengths: dict[str, list[int]] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -133,12 +132,6 @@ class Store:
             db.execute("UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ? WHERE id = ?",
                        (status, error, _now(), job_id))
 
-    def finish_if_active(self, job_id: str, status: str, error: str | None = None) -> None:
-        """Move a job to a final status unless it already has one (a cancel wins over completion)."""
-        with self._tx() as db:
-            db.execute("UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ?"
-                       " WHERE id = ? AND status IN ('queued', 'running')", (status, error, _now(), job_id))
-
     def pending_prompts(self, job_id: str) -> list[tuple[int, str, Any]]:
         with self._lock:
             rows = self._db.execute(
@@ -152,10 +145,8 @@ class Store:
         """Write a prompt's completions and mark it done, atomically. Returns the kept count."""
         now = _now()
         rows, kept, tokens = [], 0, 0
-        with self._lock:
-            lengths = self._lengths_for(job_id)
         for index, completion in enumerate(result.completions):
-            reason = self._filter_reason(lengths, completion, filters)
+            reason = self._filter_reason(completion, filters)
             kept += reason is None
             tokens += len(completion.token_ids)
             rows.append((job_id, result.prompt_idx, result.prompt_id, index, result.prompt_text,
@@ -175,27 +166,39 @@ class Store:
                 (len(rows), kept, tokens, elapsed_s, now, job_id))
         return kept
 
-    def _lengths_for(self, job_id: str) -> list[int]:
-        """Sorted lengths of the job's non-empty completions so far (rebuilt after a restart)."""
-        if job_id not in self._kept_lengths:
-            rows = self._db.execute(
-                "SELECT num_tokens FROM samples WHERE job_id = ? AND (filter_reason IS NULL"
-                " OR filter_reason = 'shortest') ORDER BY num_tokens", (job_id,)).fetchall()
-            self._kept_lengths[job_id] = [r[0] for r in rows]
-        return self._kept_lengths[job_id]
-
     @staticmethod
-    def _filter_reason(lengths: list[int], completion: Completion, filters: dict) -> str | None:
+    def _filter_reason(completion: Completion, filters: dict) -> str | None:
         if filters.get("drop_empty", True) and not completion.text.strip():
             return "empty"
-        bisect.insort(lengths, len(completion.token_ids))
-        fraction = filters.get("drop_shortest_fraction", 0.0)
-        if fraction <= 0:
-            return None
-        # The quantile is over the completions seen so far, so a sample's fate is fixed when it is
-        # written and pages stay stable while the job runs.
+        # The shortest-fraction cut needs every length: hold the sample until the job ends.
+        return PENDING if filters.get("drop_shortest_fraction", 0.0) > 0 else None
+
+    def finish_job(self, job_id: str, status: str, error: str | None = None) -> None:
+        """Move an active job to a final status (a cancel wins over a later completion) and, in the
+        same transaction, settle the held samples against the job-wide shortest-fraction cut."""
+        with self._tx() as db:
+            row = db.execute("SELECT filters FROM jobs WHERE id = ? AND status IN ('queued', 'running')",
+                             (job_id,)).fetchone()
+            if row is None:
+                return
+            self._settle_pending(db, job_id, json.loads(row["filters"]).get("drop_shortest_fraction", 0.0))
+            db.execute("UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ? WHERE id = ?",
+                       (status, error, _now(), job_id))
+
+    @staticmethod
+    def _settle_pending(db: sqlite3.Connection, job_id: str, fraction: float) -> None:
+        lengths = [r[0] for r in db.execute(
+            "SELECT num_tokens FROM samples WHERE job_id = ? AND filter_reason = ? ORDER BY num_tokens",
+            (job_id, PENDING))]
+        if not lengths:
+            return
+        # ml-ssd: drop the shortest `fraction` of the non-empty responses. Ties at the cut are kept.
         threshold = lengths[min(int(fraction * len(lengths)), len(lengths) - 1)]
-        return "shortest" if len(completion.token_ids) < threshold else None
+        db.execute("UPDATE samples SET kept = 0, filter_reason = 'shortest'"
+                   " WHERE job_id = ? AND filter_reason = ? AND num_tokens < ?", (job_id, PENDING, threshold))
+        kept = db.execute("UPDATE samples SET kept = 1, filter_reason = NULL WHERE job_id = ? AND filter_reason = ?",
+                          (job_id, PENDING)).rowcount
+        db.execute("UPDATE jobs SET samples_kept = samples_kept + ? WHERE id = ?", (kept, job_id))
 
     def samples_page(self, job_id: str, after: int, limit: int, include_filtered: bool) -> list[dict]:
         query = "SELECT * FROM samples WHERE job_id = ? AND cursor > ?"
