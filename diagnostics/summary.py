@@ -78,8 +78,9 @@ def summarize(table: PositionTable, labels: np.ndarray) -> dict[str, ClassSummar
 
 # -- examples ----------------------------------------------------------------------------------
 
-# The quantity whose change picks the examples of each class.
+# The quantity whose change picks the examples of each class, and how the plots name it.
 EXAMPLE_CHANGE = {LOCK: "lock_tail", FORK: "entropy"}
+CHANGE_LABEL = {"lock_tail": "distractor mass", "entropy": "entropy"}
 
 
 @dataclass
@@ -146,7 +147,7 @@ def _example(table: PositionTable, row: int, class_name: str, kind: str, change_
     return ExamplePosition(
         class_name=class_name, kind=kind, sample_id=str(table.sample_id[row]),
         completion_index=int(table.completion_index[row]),
-        actual_token=token_text(int(table.token_id[row])), change_name=change_column,
+        actual_token=token_text(int(table.token_id[row])), change_name=CHANGE_LABEL[change_column],
         before=float(getattr(table, f"base_{change_column}")[row]),
         after=float(getattr(table, f"ssd_{change_column}")[row]),
         bars=[TokenBar(token_text(t), b, a) for t, (b, a) in ordered])
