@@ -166,10 +166,11 @@ class SamplerClient:
         return self._request("GET", f"/v1/jobs/{job_id}/samples", params=query)
 
     def iter_samples(self, job_id: str, *, after: int = 0, limit: int = DEFAULT_PAGE_SIZE,
-                     follow: bool = True) -> Iterator[dict[str, Any]]:
-        """Yield kept samples in cursor order. With `follow`, wait for a running job to finish."""
+                     follow: bool = True, include_filtered: bool = False) -> Iterator[dict[str, Any]]:
+        """Yield samples in cursor order (kept ones unless `include_filtered`). With `follow`, wait
+        for a running job to finish."""
         while True:
-            page = self.samples_page(job_id, after=after, limit=limit)
+            page = self.samples_page(job_id, after=after, limit=limit, include_filtered=include_filtered)
             yield from page["samples"]
             after = page["next_cursor"]
             if not page["has_more"]:

@@ -164,12 +164,13 @@ def wait_with_progress(sampler: SamplerClient, job_id: str) -> dict:
     return job
 
 
-def export_samples(sampler: SamplerClient, job_id: str, output: Path) -> int:
+def export_samples(sampler: SamplerClient, job_id: str, output: Path, *, include_filtered: bool = False) -> int:
+    """Write a finished job's samples to JSONL atomically; returns how many were written."""
     output.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     tmp = output.with_suffix(output.suffix + ".tmp")
     with tmp.open("w") as handle:
-        for sample in sampler.iter_samples(job_id):
+        for sample in sampler.iter_samples(job_id, include_filtered=include_filtered):
             handle.write(json.dumps(sample) + "\n")
             count += 1
     tmp.rename(output)

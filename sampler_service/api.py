@@ -37,6 +37,7 @@ MAX_PAGE_LIMIT = 1000
 DEFAULT_PAGE_LIMIT = 100
 MAX_JOBS_LISTED = 1000
 DISCONNECT_POLL_S = 0.5
+ADAPTERS_PATH = "/v1/adapters"
 
 
 class ServiceState:
@@ -82,40 +83,41 @@ def create_app(config: ServiceConfig) -> FastAPI:
                   description="Temperature-shifted, truncated sampling at scale for Simple Self-Distillation.")
     app.state.ssd = state
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes,
+                       per_path={ADAPTERS_PATH: config.max_adapter_bytes})
     app.add_middleware(RequestCounter, metrics=state.metrics)
     _add_routes(app, state)
     return app
 
 
 class BodySizeLimit:
-    """Answer 413 before reading a body larger than `max_bytes`, declared or streamed."""
+    """Answer 413 to a body larger than the limit, whether declared up front or streamed.
+    Adapter uploads get their own, larger limit (`per_path`)."""
 
-    def __init__(self, app: Any, max_bytes: int):
+    def __init__(self, app: Any, max_bytes: int, per_path: dict[str, int]):
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.per_path.get(scope["path"].rstrip("/"), self.max_bytes)
+        too_large = PayloadTooLarge(f"the request body exceeds {limit} bytes")
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await error_response(too_large)(scope, receive, send)
         seen = 0
 
         async def limited_receive() -> dict:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise PayloadTooLarge(f"the request body exceeds {self.max_bytes} bytes")
+            if seen > limit:
+                raise too_large
             return message
 
         await self.app(scope, limited_receive, send)
-
-    async def _reject(self, scope: dict, receive: Any, send: Any) -> None:
-        response = error_response(PayloadTooLarge(f"the request body exceeds {self.max_bytes} bytes"))
-        await response(scope, receive, send)
 
 
 class RequestCounter:
@@ -255,7 +257,7 @@ def _add_routes(app: FastAPI, state: ServiceState) -> None:
         return {"job_id": job_id, "job_status": job["status"], "samples": rows, "next_cursor": next_cursor,
                 "has_more": has_more}
 
-    @app.post("/v1/adapters", status_code=201, summary="Upload a LoRA adapter as a new version")
+    @app.post(ADAPTERS_PATH, status_code=201, summary="Upload a LoRA adapter as a new version")
     async def upload_adapter(request: Request) -> Any:
         """Multipart (`name` + files `adapter_config.json`, `adapter_model.safetensors`) or JSON
         `{"name", "path"}`. Validates, loads under a new version, then moves the alias. Returns

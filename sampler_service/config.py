@@ -14,6 +14,7 @@ from pathlib import Path
 DEFAULT_MAX_N = 64
 DEFAULT_MAX_QUEUE = 512          # requests admitted to the engine at once (sync calls + job prompts)
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_ADAPTER_BYTES = 4 * 1024 * 1024 * 1024   # a rank-64 adapter on a 30B model is GBs
 DEFAULT_JOB_CONCURRENCY = 64     # prompts of one job in flight, so continuous batching stays full
 DEFAULT_MAX_LORA_RANK = 64
 
@@ -42,6 +43,8 @@ class ServiceConfig:
     max_n: int = field(default=DEFAULT_MAX_N, metadata=_help("largest `n` a request may ask for"))
     max_queue: int = field(default=DEFAULT_MAX_QUEUE, metadata=_help("engine requests in flight before 503"))
     max_body_bytes: int = field(default=DEFAULT_MAX_BODY_BYTES, metadata=_help("larger bodies get 413"))
+    max_adapter_bytes: int = field(default=DEFAULT_MAX_ADAPTER_BYTES, metadata=_help(
+        "larger adapter uploads get 413"))
     job_concurrency: int = field(default=DEFAULT_JOB_CONCURRENCY, metadata=_help("prompts of one job in flight"))
     cpu_threads: str = field(default="auto", metadata=_help(
         "CPU cores for the engine, e.g. `0-1`; auto = all cores (1.7x faster than vLLM's default)"))
@@ -50,7 +53,8 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         for name in ("port", "max_model_len", "max_loras", "max_lora_rank", "max_cpu_loras",
-                     "max_num_seqs", "max_n", "max_queue", "max_body_bytes", "job_concurrency"):
+                     "max_num_seqs", "max_n", "max_queue", "max_body_bytes", "max_adapter_bytes",
+                     "job_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.kv_cache_gb < 0:

@@ -6,23 +6,24 @@ import os
 
 import pytest
 
-from tests.server_harness import ServerHandle
+from client.local_server import LocalServer
+from tests.server_harness import make_test_server
 
 # Tests that train or run models share two cores with the engine; more threads only thrash.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 @pytest.fixture(scope="session")
-def sampler_server(tmp_path_factory: pytest.TempPathFactory) -> ServerHandle:
+def sampler_server(tmp_path_factory: pytest.TempPathFactory) -> LocalServer:
     root = tmp_path_factory.mktemp("sampler")
-    server = ServerHandle(root / "data", root / "server.log")
+    server = make_test_server(root / "data", root / "server.log")
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def sampler_url(sampler_server: ServerHandle) -> str:
+def sampler_url(sampler_server: LocalServer) -> str:
     return sampler_server.url
 
 

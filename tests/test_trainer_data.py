@@ -156,3 +156,10 @@ def test_http_source_waits_on_a_running_job_and_pages_with_the_cursor():
     assert [s["cursor"] for s in source] == [s["cursor"] for s in samples]
     assert client.calls == [0, 0, 0, 30, 60]
     assert [s["cursor"] for s in source.iter_from(50)] == [60, 70]
+
+
+def test_padding_to_a_multiple_stays_within_the_budget():
+    encoded = [encoder()(sample) for sample in synthetic_samples(30, max_len=30)]
+    for batch in bucket_by_length(encoded, max_sequences=8, max_padded_tokens=128, pad_to_multiple=8):
+        collated = collate(batch, pad_id=0, pad_to_multiple=8)
+        assert collated.input_ids.shape[1] % 8 == 0 and collated.num_padded_tokens <= 128

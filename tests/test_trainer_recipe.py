@@ -158,3 +158,11 @@ def test_push_at_the_end_and_every_k_steps(tmp_path, capsys):
     assert sampler.uploads == ["mine"] * 3          # steps 2 and 4, then the end
     assert result.pushed["alias"] == "mine@v3"
     assert "now serving mine@v3" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path):
+    samples = synthetic_samples(12)
+    plain = train(small_config(tmp_path / "a"), ListSampleSource(samples), model=tiny_llama())
+    checkpointed = train(small_config(tmp_path / "b", gradient_checkpointing=True), ListSampleSource(samples),
+                         model=tiny_llama())
+    assert checkpointed.final_loss == pytest.approx(plain.final_loss, rel=1e-4)

@@ -1,0 +1,193 @@
+"""The `ssd run` report: markdown plus PNGs, built only from what the run recorded, so `ssd report`
+can rebuild it at any time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+REPORT_FILE = "report.md"
+FIGURES_DIR = "figures"
+LENGTH_BINS = 30
+
+
+def _pct(metric: dict) -> str:
+    return f"{100 * metric['value']:.1f} [{100 * metric['ci_low']:.1f}, {100 * metric['ci_high']:.1f}]"
+
+
+def comparison_table(before: dict, after: dict) -> list[str]:
+    """Markdown rows: each metric and difficulty, before vs after, with 95% bootstrap CIs."""
+    lines = ["| subset | metric | before (95% CI) | after (95% CI) | change |", "|---|---|---|---|---|"]
+    groups = [("all", before["overall"], after["overall"])]
+    groups += [(d, m, after["by_difficulty"].get(d, {})) for d, m in before.get("by_difficulty", {}).items()]
+    for subset, old, new in groups:
+        for name, metric in old.items():
+            if name in new:
+                change = 100 * (new[name]["value"] - metric["value"])
+                lines.append(f"| {subset} | {name} | {_pct(metric)} | {_pct(new[name])} | {change:+.1f} |")
+    return lines
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _has_code(text: str) -> bool:
+    """A fenced block, or text that parses as Python: what an evaluator could extract and run."""
+    if "```" in text:
+        return True
+    try:
+        compile(text, "<sample>", "exec")
+    except (SyntaxError, ValueError):
+        return False
+    return bool(text.strip())
+
+
+def sample_statistics(samples: list[dict]) -> dict[str, Any]:
+    kept = [s for s in samples if s.get("kept", True)]
+    reasons: dict[str, int] = {}
+    for sample in samples:
+        if sample.get("filter_reason"):
+            reasons[sample["filter_reason"]] = reasons.get(sample["filter_reason"], 0) + 1
+    lengths = [s["num_tokens"] for s in kept]
+    return {"written": len(samples), "kept": len(kept), "filtered": reasons,
+            "mean_tokens": round(sum(lengths) / len(lengths), 1) if lengths else 0.0,
+            "truncated": sum(s.get("finish_reason") == "length" for s in kept),
+            "no_code_share": round(sum(not _has_code(s["completion"]) for s in kept) / len(kept), 3) if kept else 0.0}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lengths(samples: list[dict], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    kept = [s["num_tokens"] for s in samples if s.get("kept", True)]
+    dropped = [s["num_tokens"] for s in samples if not s.get("kept", True)]
+    ax.hist([kept, dropped], bins=LENGTH_BINS, stacked=True, label=["kept", "filtered"], color=["C0", "C3"])
+    ax.set_xlabel("completion tokens")
+    ax.set_ylabel("samples")
+    ax.set_title("Training sample lengths")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_loss(metrics_by_round: dict[str, list[dict]], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, rows in metrics_by_round.items():
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (completion tokens)")
+    ax.set_title("Training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _round_keys(state: dict) -> list[str]:
+    rounds = sorted({k.split("/")[0] for k in state if k.startswith("round-")}, key=lambda r: int(r.split("-")[1]))
+    return [r for r in rounds if r != "round-0"]
+
+
+def _results_section(state: dict, config: Any) -> list[str]:
+    lines = ["## Results", "", f"pass@k on {config.benchmark} at T_eval = {config.t_eval:g} "
+             f"(top_k {config.top_k}, top_p {config.top_p}), 95% bootstrap CIs over problems.", ""]
+    previous = state.get("round-0/eval")
+    for key in _round_keys(state):
+        current = state.get(f"{key}/eval")
+        if previous and current:
+            lines += [f"### {key}: {previous['adapter'] or 'base'} → {current['adapter']}", "",
+                      *comparison_table(previous["scores"], current["scores"]), ""]
+            previous = current
+    return lines
+
+
+def _samples_section(root: Path, state: dict, figures: Path) -> list[str]:
+    lines = ["## Training samples", "", "| round | prompts | written | kept | filtered | mean tokens | hit max_tokens "
+             "| no extractable code |", "|---|---|---|---|---|---|---|---|"]
+    images = []
+    for key in _round_keys(state):
+        sampled = state.get(f"{key}/sample")
+        if not sampled:
+            continue
+        samples = _read_jsonl(Path(sampled["samples_file"]))
+        stats = sample_statistics(samples)
+        filtered = ", ".join(f"{v} {k}" for k, v in stats["filtered"].items()) or "0"
+        lines.append(f"| {key} | {sampled['num_prompts']} | {stats['written']} | {stats['kept']} | {filtered} | "
+                     f"{stats['mean_tokens']} | {stats['truncated']} | {100 * stats['no_code_share']:.0f}% |")
+        if samples:
+            image = plot_lengths(samples, figures / f"{key}-lengths.png")
+            images.append(f"![{key} sample lengths]({image.relative_to(root)})")
+    return lines + ["", *images, ""]
+
+
+def _loss_section(root: Path, state: dict, figures: Path) -> list[str]:
+    metrics = {key: _read_jsonl(Path(state[f"{key}/train"]["metrics"])) for key in _round_keys(state)
+               if state.get(f"{key}/train")}
+    metrics = {k: v for k, v in metrics.items() if v}
+    if not metrics:
+        return []
+    image = plot_loss(metrics, figures / "loss.png")
+    finals = ", ".join(f"{k}: {v[-1]['loss']:.3f} after {v[-1]['step']} steps" for k, v in metrics.items())
+    return ["## Training", "", f"Final loss: {finals}.", "", f"![training loss]({image.relative_to(root)})", ""]
+
+
+def _sweep_section(root: Path, state: dict, figures: Path) -> list[str]:
+    from evaluation.report import best_points, plot_metric
+    from evaluation.sweep import load_points
+
+    sweeps = [state[k] for k in state if k.endswith("/sweep")]
+    if not sweeps:
+        return []
+    points = load_points(sweeps[-1]["sweep_file"])
+    t_eval_plot = plot_metric(points, "t_eval", figures / "sweep_t_eval.png")
+    t_eff_plot = plot_metric(points, "t_eff", figures / "sweep_t_eff.png")
+    lines = ["## Temperature sweep", "",
+             "Can tuning the base model's temperature alone match SSD? Each model at its own best T_eval:", "",
+             "| model | best T_eval | T_eff | pass@1 (95% CI) |", "|---|---|---|---|"]
+    for label, point in best_points(points).items():
+        metric = point.metrics["pass@1"]
+        lines.append(f"| {label} | {point.t_eval:g} | {point.t_eff:g} | {100 * metric.value:.1f} "
+                     f"[{100 * metric.ci_low:.1f}, {100 * metric.ci_high:.1f}] |")
+    return lines + ["", f"![pass@1 vs T_eval]({t_eval_plot.relative_to(root)})", "",
+                    f"![pass@1 vs T_eff]({t_eff_plot.relative_to(root)})", ""]
+
+
+def _diagnostics_section(state: dict) -> list[str]:
+    sections = [state[k] for k in state if k.endswith("/diagnose")]
+    if not sections:
+        return []
+    return [Path(sections[-1]["section"]).read_text(), ""]
+
+
+def write(root: Path, state: dict, config: Any) -> Path:
+    root = Path(root)
+    figures = root / FIGURES_DIR
+    figures.mkdir(parents=True, exist_ok=True)
+    lines = [f"# SSD report: {config.model}", "",
+             f"T_train {config.t_train:g} (top_k {config.top_k}, top_p {config.top_p}) → LoRA r={config.lora_rank} → "
+             f"T_eval {config.t_eval:g}; {len(_round_keys(state))} round(s). Every number below comes from "
+             f"`{root / 'state.json'}` and can be rebuilt with `ssd report {root}`.", ""]
+    lines += _results_section(state, config)
+    lines += _samples_section(root, state, figures)
+    lines += _loss_section(root, state, figures)
+    lines += _sweep_section(root, state, figures)
+    lines += _diagnostics_section(state)
+    path = root / REPORT_FILE
+    path.write_text("\n".join(lines))
+    return path
