@@ -199,15 +199,20 @@ class MicroBatch:
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def bucket_by_length(samples: list[EncodedSample], *, max_sequences: int,
-                     max_padded_tokens: int) -> list[list[EncodedSample]]:
+def round_up(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
+
+
+def bucket_by_length(samples: list[EncodedSample], *, max_sequences: int, max_padded_tokens: int,
+                     pad_to_multiple: int = 1) -> list[list[EncodedSample]]:
     """Greedy micro-batches over the samples sorted by length, each within both budgets."""
     ordered = sorted(samples, key=lambda sample: (len(sample), sample.cursor))
     batches: list[list[EncodedSample]] = []
     current: list[EncodedSample] = []
     for sample in ordered:
         grown = len(current) + 1
-        if current and (grown > max_sequences or grown * len(sample) > max_padded_tokens):
+        padded_length = round_up(len(sample), pad_to_multiple)
+        if current and (grown > max_sequences or grown * padded_length > max_padded_tokens):
             batches.append(current)
             current = []
         current.append(sample)
@@ -216,8 +221,8 @@ def bucket_by_length(samples: list[EncodedSample], *, max_sequences: int,
     return batches
 
 
-def collate(samples: list[EncodedSample], pad_id: int) -> MicroBatch:
-    longest = max(len(sample) for sample in samples)
+def collate(samples: list[EncodedSample], pad_id: int, pad_to_multiple: int = 1) -> MicroBatch:
+    longest = round_up(max(len(sample) for sample in samples), pad_to_multiple)
     input_ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
@@ -258,7 +263,8 @@ class MicroBatchStream:
     are shuffled with a seed derived from (seed, epoch, window start)."""
 
     def __init__(self, source: SampleSource, encoder: SampleEncoder, *, window: int, max_sequences: int,
-                 max_padded_tokens: int, seed: int, pad_id: int, epochs: int | None = None):
+                 max_padded_tokens: int, seed: int, pad_id: int, epochs: int | None = None,
+                 pad_to_multiple: int = 1):
         self.source = source
         self.encoder = encoder
         self.window = window
@@ -267,6 +273,7 @@ class MicroBatchStream:
         self.seed = seed
         self.pad_id = pad_id
         self.epochs = epochs          # None: cycle forever (the caller stops at max_steps)
+        self.pad_to_multiple = pad_to_multiple
         self.stats = PaddingStats()
 
     def __iter__(self) -> Iterator[tuple[MicroBatch, DataPosition]]:
@@ -302,13 +309,13 @@ class MicroBatchStream:
 
     def _plan(self, window: list[EncodedSample], epoch: int, window_after: int) -> list[list[EncodedSample]]:
         batches = bucket_by_length(window, max_sequences=self.max_sequences,
-                                   max_padded_tokens=self.max_padded_tokens)
+                                   max_padded_tokens=self.max_padded_tokens, pad_to_multiple=self.pad_to_multiple)
         # A string seed hashes the same in every process (unlike hash() of a str).
         random.Random(f"{self.seed}:{epoch}:{window_after}").shuffle(batches)
         return batches
 
     def _collate(self, samples: list[EncodedSample]) -> MicroBatch:
-        batch = collate(samples, self.pad_id)
+        batch = collate(samples, self.pad_id, self.pad_to_multiple)
         self.stats.real_tokens += batch.num_tokens
         self.stats.padded_tokens += batch.num_padded_tokens
         self.stats.truncated_samples += sum(sample.truncated for sample in samples)

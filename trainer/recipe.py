@@ -35,6 +35,7 @@ METRICS_FILENAME = "metrics.jsonl"
 STATE_FILENAME = "trainer_state.json"
 OPTIM_FILENAME = "optim_rng.pt"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+GPU_PAD_TO_MULTIPLE = 8             # bf16 kernels and SDPA's fast paths want lengths aligned to 8
 # Configs whose logits are not a plain lm_head(hidden): these take the model's full forward.
 _LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
 
@@ -113,8 +114,10 @@ class LoRAFinetuneRecipe:
         seed_everything(self.config.seed)       # before LoRA init, which draws from torch's RNG
         self._setup_model()
         self._setup_data()
-        trainable = [param for param in self.model.parameters() if param.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.trainable = [param for param in self.model.parameters() if param.requires_grad]
+        # The fused kernel is one launch for every LoRA tensor instead of several per tensor.
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=self.config.lr, weight_decay=self.config.weight_decay,
+                                           fused=self.device.type == "cuda")
         self.total_steps = self._total_steps(resume_from)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_multiplier(
             step, warmup_steps=self.config.warmup_steps, total_steps=self.total_steps,
@@ -161,7 +164,12 @@ class LoRAFinetuneRecipe:
         self.stream = MicroBatchStream(
             self.source, encoder, window=config.bucket_window, max_sequences=config.micro_batch_size,
             max_padded_tokens=config.micro_batch_tokens, seed=config.seed, pad_id=eos_ids[0],
-            epochs=None if config.max_steps else config.epochs)
+            epochs=None if config.max_steps else config.epochs, pad_to_multiple=self._pad_to_multiple())
+
+    def _pad_to_multiple(self) -> int:
+        if self.config.pad_to_multiple:
+            return self.config.pad_to_multiple
+        return GPU_PAD_TO_MULTIPLE if self.device.type == "cuda" else 1
 
     def _total_steps(self, resume_from: Path | None) -> int:
         if self.config.max_steps:
@@ -216,25 +224,26 @@ class LoRAFinetuneRecipe:
         # Every micro-batch is divided by the step's total target count, so the accumulated
         # gradient is the gradient of the mean over all target tokens, whatever the batch sizes.
         total_targets = max(1, sum(batch.num_targets for batch in step_batches))
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=self.device)
         for batch in step_batches:
             with self._autocast():
                 batch_loss_sum = self._loss_sum(batch)
             (batch_loss_sum / total_targets).backward()
-            loss_sum += batch_loss_sum.item()
-        trainable = [param for param in self.model.parameters() if param.requires_grad]
+            loss_sum += batch_loss_sum.detach()     # stays on the device: no sync per micro-batch
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        # The step's single host-device sync: the GPU runs ahead of Python until here.
+        loss_sum_value, grad_norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
         self.step += 1
-        self.last_loss = loss_sum / total_targets
+        self.last_loss = loss_sum_value / total_targets
         tokens = sum(batch.num_tokens for batch in step_batches)
         self.tokens_seen += tokens
         elapsed = time.perf_counter() - started
-        return {"step": self.step, "loss": self.last_loss, "lr": lr, "grad_norm": float(grad_norm),
+        return {"step": self.step, "loss": self.last_loss, "lr": lr, "grad_norm": grad_norm_value,
                 "tokens": tokens, "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
                 "target_tokens": total_targets, "padding_efficiency": self.stream.stats.efficiency}
 
@@ -245,16 +254,20 @@ class LoRAFinetuneRecipe:
 
     def _loss_sum(self, batch: MicroBatch) -> torch.Tensor:
         """Summed cross-entropy over the batch's target tokens."""
-        input_ids = batch.input_ids.to(self.device)
-        attention_mask = batch.attention_mask.to(self.device)
-        targets = batch.labels[:, 1:].to(self.device)     # position t predicts token t+1
-        is_target = targets != IGNORE_INDEX
+        # Target positions are found on the CPU, where the labels live: a boolean mask applied on
+        # the GPU would force a sync. Position t predicts token t+1, hence the shift.
+        shifted_labels = batch.labels[:, 1:]
+        rows, cols = (shifted_labels != IGNORE_INDEX).nonzero(as_tuple=True)
+        targets = shifted_labels[rows, cols].to(self.device, non_blocking=True)
+        rows, cols = rows.to(self.device, non_blocking=True), cols.to(self.device, non_blocking=True)
+        input_ids = batch.input_ids.to(self.device, non_blocking=True)
+        attention_mask = batch.attention_mask.to(self.device, non_blocking=True)
         if self.fast_loss:
             hidden = self.causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            logits = self.causal_lm.get_output_embeddings()(hidden[:, :-1][is_target])
+            logits = self.causal_lm.get_output_embeddings()(hidden[rows, cols])
         else:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][is_target]
-        return F.cross_entropy(logits.float(), targets[is_target], reduction="sum")
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, cols]
+        return F.cross_entropy(logits.float(), targets, reduction="sum")
 
     def _log_metrics(self, metrics: dict[str, float], bar: tqdm) -> None:
         with open(self.metrics_path, "a") as handle:
@@ -298,8 +311,9 @@ class LoRAFinetuneRecipe:
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"checkpoint {folder} does not fit this LoRA config: "
                              f"unexpected keys {result.unexpected_keys[:3]}...")
-        # Our own file, written by this recipe: full unpickling is needed for the RNG states.
-        extra = torch.load(folder / OPTIM_FILENAME, map_location=self.device, weights_only=False)
+        # Our own file, written by this recipe: full unpickling is needed for the RNG states. Load on
+        # the CPU: RNG states must stay CPU ByteTensors; the optimizer moves its state to the params.
+        extra = torch.load(folder / OPTIM_FILENAME, map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
         ckpt.restore_rng_state(extra["rng"])
