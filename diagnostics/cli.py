@@ -16,7 +16,7 @@ from diagnostics.settings import AnalysisSettings
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2                 # argparse's own code for a usage error
-DEFAULT_THREADS = 2                 # the project's CPU budget: the machine has 2 cores
+DEFAULT_THREADS = 1                 # the vLLM service shares these 2 cores; a 2nd OpenMP thread then spin-waits (measured ~40x slower)
 MAX_THREADS = 256
 REPORT_FILENAME = "diagnostics.md"
 SUMMARY_FILENAME = "diagnostics.json"
