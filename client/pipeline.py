@@ -270,8 +270,11 @@ class Experiment:
 
         trained = self.state.get(f"{key}/train")
         samples = [s for s in read_jsonl(samples_file) if s.get("kept", True)]
-        result = diagnose(samples, base_model=resolve_model(self.config.model), adapter=trained["adapter_dir"],
-                          temperature=self.config.t_eval)
+        cfg = self.config
+        # Each round trains a fresh adapter on the base model, so base vs the last adapter is the
+        # whole effect of the run. S, the truncation support, is the one the samples were drawn with.
+        result = diagnose(samples, base_model=resolve_model(cfg.model), adapter=trained["adapter_dir"],
+                          temperature=cfg.t_eval, train_temperature=cfg.t_train, top_k=cfg.top_k, top_p=cfg.top_p)
         section = write_report_section(result, self.root / key / "diagnostics", relative_to=self.root)
         path = self.root / key / "diagnostics" / "section.md"
         path.write_text(section)
