@@ -42,6 +42,25 @@ def _sampling_body(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
+def _sample_body(prompts: list[str] | None, messages: list[list[dict]] | None, params: dict[str, Any]) -> dict:
+    body = _sampling_body(params)
+    if prompts is not None:
+        body["prompts"] = prompts
+    if messages is not None:
+        body["messages"] = messages
+    return body
+
+
+def _job_body(prompts: list[dict[str, Any]], filters: dict[str, Any] | None, name: str | None,
+              params: dict[str, Any]) -> dict:
+    body = _sampling_body(params) | {"prompts": prompts}
+    if filters is not None:
+        body["filters"] = filters
+    if name is not None:
+        body["name"] = name
+    return body
+
+
 def _raise_for_error(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
@@ -134,22 +153,12 @@ class SamplerClient:
     # -- sampling ----------------------------------------------------------------------------
     def sample(self, *, prompts: list[str] | None = None, messages: list[list[dict]] | None = None,
                **params: Any) -> dict[str, Any]:
-        body = _sampling_body(params)
-        if prompts is not None:
-            body["prompts"] = prompts
-        if messages is not None:
-            body["messages"] = messages
-        return self._request("POST", "/v1/samples", json=body)
+        return self._request("POST", "/v1/samples", json=_sample_body(prompts, messages, params))
 
     # -- jobs --------------------------------------------------------------------------------
     def create_job(self, *, prompts: list[dict[str, Any]], filters: dict[str, Any] | None = None,
                    name: str | None = None, **params: Any) -> dict[str, Any]:
-        body = _sampling_body(params) | {"prompts": prompts}
-        if filters is not None:
-            body["filters"] = filters
-        if name is not None:
-            body["name"] = name
-        return self._request("POST", "/v1/jobs", json=body)
+        return self._request("POST", "/v1/jobs", json=_job_body(prompts, filters, name, params))
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/jobs/{job_id}")
@@ -242,21 +251,11 @@ class AsyncSamplerClient:
 
     async def sample(self, *, prompts: list[str] | None = None, messages: list[list[dict]] | None = None,
                      **params: Any) -> dict[str, Any]:
-        body = _sampling_body(params)
-        if prompts is not None:
-            body["prompts"] = prompts
-        if messages is not None:
-            body["messages"] = messages
-        return await self._request("POST", "/v1/samples", json=body)
+        return await self._request("POST", "/v1/samples", json=_sample_body(prompts, messages, params))
 
     async def create_job(self, *, prompts: list[dict[str, Any]], filters: dict[str, Any] | None = None,
                          name: str | None = None, **params: Any) -> dict[str, Any]:
-        body = _sampling_body(params) | {"prompts": prompts}
-        if filters is not None:
-            body["filters"] = filters
-        if name is not None:
-            body["name"] = name
-        return await self._request("POST", "/v1/jobs", json=body)
+        return await self._request("POST", "/v1/jobs", json=_job_body(prompts, filters, name, params))
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
         return await self._request("GET", f"/v1/jobs/{job_id}")

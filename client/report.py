@@ -68,6 +68,14 @@ def _plt():
     return plt
 
 
+def _save(fig: Any, ax: Any, path: Path) -> Path:
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def plot_lengths(samples: list[dict], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -77,11 +85,7 @@ def plot_lengths(samples: list[dict], path: Path) -> Path:
     ax.set_xlabel("completion tokens")
     ax.set_ylabel("samples")
     ax.set_title("Training sample lengths")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_loss(metrics_by_round: dict[str, list[dict]], path: Path) -> Path:
@@ -92,11 +96,7 @@ def plot_loss(metrics_by_round: dict[str, list[dict]], path: Path) -> Path:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (completion tokens)")
     ax.set_title("Training loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def _round_keys(state: dict) -> list[str]:
