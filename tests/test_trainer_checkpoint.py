@@ -146,3 +146,13 @@ def test_sigkill_then_resume_gives_the_same_adapter(tmp_path):
     assert_same_adapter(tmp_path / "straight" / "adapter", tmp_path / "killed" / "adapter")
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 101))
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    samples = synthetic_samples(10)
+    first = train(config(tmp_path, "run", max_steps=4), ListSampleSource(samples), model=tiny_llama())
+    before = adapter_tensors(first.adapter_dir)
+    again = train(config(tmp_path, "run", max_steps=4, resume=True), ListSampleSource(samples), model=tiny_llama())
+    assert again.steps == 4
+    after = adapter_tensors(again.adapter_dir)
+    assert all(torch.equal(before[name], after[name]) for name in before)

@@ -109,7 +109,8 @@ class LoRAFinetuneRecipe:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         # Fail on a missing sample source before paying for loading the model.
-        self.source = self.source or _source_from_config(self.config, self.client)
+        if self.source is None:
+            self.source = _source_from_config(self.config, self.client)
         resume_from = self._checkpoint_to_resume()
         seed_everything(self.config.seed)       # before LoRA init, which draws from torch's RNG
         self._setup_model()
