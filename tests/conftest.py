@@ -32,3 +32,9 @@ def demo_model_path() -> str:
     from common.models import resolve_model
 
     return resolve_model("demo")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the real-engine tests last: the session server starts at their first use and holds
+    several GiB until the session ends, which the model-training unit tests would rather have."""
+    items.sort(key=lambda item: item.get_closest_marker("engine") is not None)
