@@ -40,12 +40,14 @@ def test_loss_counts_completion_tokens_only(tmp_path):
     samples = synthetic_samples(4)
     recipe = ready_recipe(tmp_path, samples)
     batch = collate(encode(samples), pad_id=0)
-    logits = recipe.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    device = recipe.device                            # the recipe moves the model to CUDA where there is one
+    logits = recipe.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
     expected = 0.0
     for row, sample in enumerate(encode(samples)):
         start = sample.num_prompt_tokens - 1          # the last prompt position predicts the first target
-        predicted = logits[row, start:len(sample) - 1]
-        expected += F.cross_entropy(predicted, torch.tensor(sample.input_ids[start + 1:]), reduction="sum")
+        predicted = logits[row, start:len(sample) - 1].float()
+        targets = torch.tensor(sample.input_ids[start + 1:], device=device)
+        expected += F.cross_entropy(predicted, targets, reduction="sum")
     assert batch.num_targets == sum(len(s) - s.num_prompt_tokens for s in encode(samples))
     assert torch.allclose(recipe._loss_sum(batch), expected, atol=1e-4)
 
