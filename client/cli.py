@@ -18,8 +18,11 @@ import json
 import sys
 from pathlib import Path
 
+from dataclasses import dataclass, field
+
 from client.api import SamplerClient
 from client.errors import SSDClientError
+from common.config import add_dataclass_flags, config_from_args
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 SUBCOMMAND_MODULES = ("sampler_service.server", "trainer.cli", "evaluation.cli", "client.pipeline",
@@ -27,7 +30,8 @@ SUBCOMMAND_MODULES = ("sampler_service.server", "trainer.cli", "evaluation.cli",
 
 SAMPLE_EXAMPLES = """examples:
   ssd sample "def fibonacci(n):" --max-tokens 64 --temperature 0
-  ssd sample --chat "Write a Python function that reverses a string." -n 4 --temperature 1.6 --top-k 20 --top-p 0.8
+  ssd sample --chat "Write a Python function that reverses a string." --n 4 --temperature 1.6 --top-k 20 --top-p 0.8
+  ssd sample --config t_train.yaml --chat "Write quicksort."      # YAML settings, flags override them
 """
 
 JOBS_EXAMPLES = """examples:
@@ -42,19 +46,28 @@ a line with only "prompt" is sent as a chat message with --chat.
 """
 
 
+@dataclass
+class SamplingSettings:
+    """What `ssd sample` and `ssd jobs start` send: from YAML (`--config`), overridden by flags."""
+
+    url: str = field(default=DEFAULT_URL, metadata={"help": "the sampling service"})
+    n: int = field(default=1, metadata={"help": "samples per prompt"})
+    temperature: float = field(default=1.0, metadata={"help": "0 = greedy"})
+    top_k: int = field(default=-1, metadata={"help": "-1 = off"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus truncation"})
+    min_p: float = field(default=0.0, metadata={"help": "min-p truncation"})
+    max_tokens: int = field(default=256, metadata={"help": "new tokens per sample"})
+    adapter: str | None = field(default=None, metadata={"help": "adapter alias (`ssd`) or version (`ssd@v2`)"})
+    drop_shortest_fraction: float = field(default=0.1, metadata={"help": "jobs: ml-ssd's shortest-X filter"})
+
+    def params(self) -> dict:
+        return {"n": self.n, "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "min_p": self.min_p, "max_tokens": self.max_tokens, "adapter": self.adapter}
+
+
 def _add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-n", type=int, default=1, help="samples per prompt (default 1)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=-1)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--min-p", type=float, default=0.0)
-    parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--adapter", default=None, help="adapter alias (`ssd`) or version (`ssd@v2`)")
-
-
-def _sampling_args(args: argparse.Namespace) -> dict:
-    return {"n": args.n, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-            "min_p": args.min_p, "max_tokens": args.max_tokens, "adapter": args.adapter}
+    parser.add_argument("--config", help="YAML file with SamplingSettings fields")
+    add_dataclass_flags(parser, SamplingSettings)
 
 
 def _register_sample(subparsers: argparse._SubParsersAction) -> None:
@@ -62,7 +75,6 @@ def _register_sample(subparsers: argparse._SubParsersAction) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompt", nargs="?", help="raw prompt text")
     parser.add_argument("--chat", help="send this text as a user message through the chat template")
-    parser.add_argument("--url", default=DEFAULT_URL)
     _add_sampling_flags(parser)
     parser.set_defaults(func=_run_sample)
 
@@ -71,11 +83,12 @@ def _run_sample(args: argparse.Namespace) -> int:
     if (args.prompt is None) == (args.chat is None):
         print("give a prompt, or --chat TEXT", file=sys.stderr)
         return 2
-    with SamplerClient(args.url) as sampler:
+    settings = config_from_args(SamplingSettings, args)
+    with SamplerClient(settings.url) as sampler:
         if args.chat is not None:
-            out = sampler.sample(messages=[[{"role": "user", "content": args.chat}]], **_sampling_args(args))
+            out = sampler.sample(messages=[[{"role": "user", "content": args.chat}]], **settings.params())
         else:
-            out = sampler.sample(prompts=[args.prompt], **_sampling_args(args))
+            out = sampler.sample(prompts=[args.prompt], **settings.params())
     for i, completion in enumerate(out["results"][0]["completions"]):
         print(f"--- sample {i} ({completion['num_tokens']} tokens, {completion['finish_reason']}) ---")
         print(completion["text"])
@@ -106,35 +119,32 @@ def read_prompt_file(path: Path, *, chat: bool) -> list[dict]:
 def _register_jobs(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("jobs", help="start, list, watch, cancel and export sampling jobs",
                                    epilog=JOBS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default=DEFAULT_URL)
     actions = parser.add_subparsers(dest="action", required=True)
     start = actions.add_parser("start", help="start a job from a prompts JSONL file")
     start.add_argument("prompts", type=Path)
     start.add_argument("--chat", action="store_true", default=True, help="wrap bare prompts as user messages")
     start.add_argument("--raw", dest="chat", action="store_false", help="send bare prompts as raw text")
-    start.add_argument("--drop-shortest-fraction", type=float, default=0.1)
     start.add_argument("--name")
     start.add_argument("--wait", action="store_true", help="show a progress bar until the job ends")
     _add_sampling_flags(start)
-    actions.add_parser("list", help="list jobs")
+    _url_flag(actions.add_parser("list", help="list jobs"))
     for name, text in (("show", "show a job"), ("cancel", "cancel a job"), ("wait", "wait for a job")):
-        actions.add_parser(name, help=text).add_argument("job_id")
-    export = actions.add_parser("export", help="write a job's kept samples to JSONL")
+        _url_flag(actions.add_parser(name, help=text)).add_argument("job_id")
+    export = _url_flag(actions.add_parser("export", help="write a job's kept samples to JSONL"))
     export.add_argument("job_id")
     export.add_argument("output", type=Path)
     parser.set_defaults(func=_run_jobs)
 
 
+def _url_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--url", default=DEFAULT_URL, help="the sampling service")
+    return parser
+
+
 def _run_jobs(args: argparse.Namespace) -> int:
+    if args.action == "start":
+        return _start_job(args)
     with SamplerClient(args.url) as sampler:
-        if args.action == "start":
-            job = sampler.create_job(prompts=read_prompt_file(args.prompts, chat=args.chat), name=args.name,
-                                     filters={"drop_empty": True, "drop_shortest_fraction": args.drop_shortest_fraction},
-                                     **_sampling_args(args))
-            print(job["id"])
-            if args.wait:
-                job = wait_with_progress(sampler, job["id"])
-            return 0 if job["status"] != "failed" else 1
         if args.action == "list":
             for job in sampler.list_jobs():
                 print(f"{job['id']}  {job['status']:<10} {job['prompts_done']:>6}/{job['num_prompts']:<6} "
@@ -149,6 +159,18 @@ def _run_jobs(args: argparse.Namespace) -> int:
             count = export_samples(sampler, args.job_id, args.output)
             print(f"wrote {count} samples to {args.output}")
     return 0
+
+
+def _start_job(args: argparse.Namespace) -> int:
+    settings = config_from_args(SamplingSettings, args)
+    with SamplerClient(settings.url) as sampler:
+        job = sampler.create_job(prompts=read_prompt_file(args.prompts, chat=args.chat), name=args.name,
+                                 filters={"drop_empty": True, "drop_shortest_fraction": settings.drop_shortest_fraction},
+                                 **settings.params())
+        print(job["id"])
+        if args.wait:
+            job = wait_with_progress(sampler, job["id"])
+    return 0 if job["status"] != "failed" else 1
 
 
 def wait_with_progress(sampler: SamplerClient, job_id: str) -> dict:

@@ -30,7 +30,7 @@ def _tiny_config(tmp_path: Path, sampler_url: str) -> Path:
                                             "save_every": 1, "max_steps": 3}))
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
-        "model": "demo", "sampler_url": sampler_url, "output_dir": str(tmp_path / "run"),
+        "model": "demo", "sampler_url": sampler_url, "output_dir": str(tmp_path / "run"), "rounds": 2,
         "adapter_name": "pipeline", "prompts_file": str(prompts), "heldout_prompts": 2,
         "sample_max_tokens": 48, "drop_shortest_fraction": 0.0, "train_config": str(train_config),
         "lora_rank": 4, "lr": 1e-3, "max_seq_len": 256, "eval_limit": 2, "eval_max_tokens": 48,
@@ -78,14 +78,20 @@ def test_ssd_run_writes_the_report_and_resumes_after_sigkill(sampler_url, tmp_pa
     assert after["round-1/sample"]["job_id"] == before["round-1/sample"]["job_id"]  # not sampled again
     assert (tmp_path / "run" / "round-0" / "eval" / "summary.json").stat().st_mtime == eval_mtime
     assert after["round-1/push"]["name"] == "pipeline"
-    for stage in ("round-1/eval", "round-1/sweep", "round-1/heldout", "round-1/diagnose"):
+    # Round 2 samples from round 1's adapter and serves a new version.
+    round_two_job = after["round-2/sample"]["job_id"]
+    assert round_two_job != after["round-1/sample"]["job_id"]
+    assert after["round-2/push"]["version"] == after["round-1/push"]["version"] + 1
+    assert after["round-2/eval"]["adapter"] == after["round-2/push"]["alias"]
+    for stage in ("round-2/sweep", "round-2/heldout", "round-2/diagnose"):
         assert stage in after
 
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| all | pass@1 |" in report
-    for figure in ("loss.png", "round-1-lengths.png", "sweep_t_eval.png", "sweep_t_eff.png"):
+    for figure in ("loss.png", "round-1-lengths.png", "round-2-lengths.png", "sweep_t_eval.png", "sweep_t_eff.png"):
         assert (tmp_path / "run" / "figures" / figure).stat().st_size > 0
-    assert "report:" in output and "SSD round 1" in output
+    assert "report:" in output and "SSD round 1" in output and "SSD round 2" in output
+    assert "### round-2:" in report
 
     # `ssd report` rebuilds the same report from the recorded state alone.
     rebuilt = subprocess.run([sys.executable, "-m", "client.cli", "report", str(tmp_path / "run")], cwd=REPO,
