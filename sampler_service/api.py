@@ -23,8 +23,7 @@ from common.models import resolve_model
 from sampler_service.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterRegistry
 from sampler_service.config import ServiceConfig
 from sampler_service.engine import Engine
-from sampler_service.errors import (InvalidRequest, NotFound, PayloadTooLarge, ServiceError,
-                                    error_response, install_error_handlers,
+from sampler_service.errors import (InvalidRequest, NotFound, PayloadTooLarge, error_response, install_error_handlers,
                                     invalid_request_from)
 from sampler_service.jobs import JobRunner
 from sampler_service.metrics import Metrics
@@ -176,7 +175,14 @@ async def _cancel_on_disconnect(request: Request, coro: Any) -> Any:
 
 
 def _add_routes(app: FastAPI, state: ServiceState) -> None:
-    engine, store, adapters, jobs = state.engine, state.store, state.adapters, state.jobs
+    _health_routes(app, state)
+    _sampling_routes(app, state)
+    _job_routes(app, state)
+    _adapter_routes(app, state)
+
+
+def _health_routes(app: FastAPI, state: ServiceState) -> None:
+    engine = state.engine
 
     @app.get("/health", summary="Liveness of the engine")
     async def health() -> JSONResponse:
@@ -192,6 +198,10 @@ def _add_routes(app: FastAPI, state: ServiceState) -> None:
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
         return Response(state.metrics.render(engine.admission.in_flight), media_type="text/plain; version=0.0.4")
+
+
+def _sampling_routes(app: FastAPI, state: ServiceState) -> None:
+    engine = state.engine
 
     @app.post("/v1/samples", summary="Sample completions synchronously")
     async def sample(request: Request) -> Any:
@@ -210,6 +220,10 @@ def _add_routes(app: FastAPI, state: ServiceState) -> None:
         for _, ids in rendered:
             engine.check_fits(ids, body.max_tokens)
         return await _cancel_on_disconnect(request, _generate_all(state, rendered, sampling_params, body.adapter))
+
+
+def _job_routes(app: FastAPI, state: ServiceState) -> None:
+    engine, store, adapters, jobs = state.engine, state.store, state.adapters, state.jobs
 
     @app.post("/v1/jobs", status_code=201, summary="Start a sampling job")
     async def create_job(request: Request) -> Any:
@@ -256,6 +270,10 @@ def _add_routes(app: FastAPI, state: ServiceState) -> None:
                                                              include_filtered)
         return {"job_id": job_id, "job_status": job["status"], "samples": rows, "next_cursor": next_cursor,
                 "has_more": has_more}
+
+
+def _adapter_routes(app: FastAPI, state: ServiceState) -> None:
+    engine, adapters = state.engine, state.adapters
 
     @app.post(ADAPTERS_PATH, status_code=201, summary="Upload a LoRA adapter as a new version")
     async def upload_adapter(request: Request) -> Any:

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from tests.test_trainer_fixtures import TINY_EOS, synthetic_samples
-from trainer.data import (IGNORE_INDEX, DataPosition, HttpSampleSource, JsonlSampleSource, ListSampleSource,
+from trainer.data import (IGNORE_INDEX, HttpSampleSource, JsonlSampleSource, ListSampleSource,
                           MicroBatchStream, SampleEncoder, bucket_by_length, collate, eos_token_ids)
 
 MAX_SEQ_LEN = 64

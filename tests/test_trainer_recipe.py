@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from tests.test_trainer_fixtures import TINY_EOS, save_tiny_llama, synthetic_samples, tiny_llama
 from trainer import ListSampleSource, TrainConfig, train
-from trainer.data import IGNORE_INDEX, SampleEncoder, collate
+from trainer.data import SampleEncoder, collate
 from trainer.recipe import LoRAFinetuneRecipe, lr_multiplier
 
 
