@@ -25,6 +25,8 @@ from client.errors import SSDClientError
 from common.config import add_dataclass_flags, config_from_args
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+PROGRESS_TTY_INTERVAL_S = 0.1
+PROGRESS_LOG_INTERVAL_S = 30.0
 SUBCOMMAND_MODULES = ("sampler_service.server", "trainer.cli", "evaluation.cli", "client.pipeline",
                       "diagnostics.cli")
 
@@ -177,11 +179,12 @@ def wait_with_progress(sampler: SamplerClient, job_id: str) -> dict:
     from tqdm import tqdm
 
     job = sampler.get_job(job_id)
-    with tqdm(total=job["num_prompts"], desc=f"sampling {job_id}", unit="prompt") as bar:
+    # In a log file rather than a terminal, one line every 30 s instead of one per poll.
+    interval = PROGRESS_TTY_INTERVAL_S if sys.stderr.isatty() else PROGRESS_LOG_INTERVAL_S
+    with tqdm(total=job["num_prompts"], desc=f"sampling {job_id}", unit="prompt", mininterval=interval) as bar:
         def update(current: dict) -> None:
-            bar.n = current["prompts_done"]
             bar.set_postfix(kept=current["samples_kept"], tok_s=current["tokens_per_s"], refresh=False)
-            bar.refresh()
+            bar.update(current["prompts_done"] - bar.n)
         job = sampler.wait_for_job(job_id, on_progress=update)
     return job
 
