@@ -12,7 +12,7 @@ PROMPT = "def reverse_words(sentence):"
 
 
 def _greedy(http: httpx.Client, adapter: str | None) -> dict:
-    body = {"prompts": [PROMPT], "temperature": 0, "max_tokens": 16, "ignore_eos": True}
+    body = {"prompts": [PROMPT], "temperature": 0, "max_tokens": 16, "ignore_eos": True, "logprobs": 1}
     if adapter:
         body["adapter"] = adapter
     response = http.post("/v1/samples", json=body)
@@ -25,7 +25,7 @@ def test_sample_train_push_changes_the_alias_but_not_the_base(sampler_url, demo_
     from trainer.recipe import train
 
     with httpx.Client(base_url=sampler_url, timeout=300) as http:
-        base_before = _greedy(http, None)["results"][0]["completions"][0]["token_ids"]
+        base_before = _greedy(http, None)["results"][0]["completions"][0]
         prompts = [{"id": f"rt-{i}", "messages": [{"role": "user", "content": f"Write a Python function {name}."}]}
                    for i, name in enumerate(["add", "reverse", "count_vowels", "flatten", "merge", "rotate"])]
         job = http.post("/v1/jobs", json={"prompts": prompts, "temperature": 1.6, "top_k": 20, "top_p": 0.8,
@@ -41,6 +41,13 @@ def test_sample_train_push_changes_the_alias_but_not_the_base(sampler_url, demo_
         assert result.pushed["name"] == "roundtrip" and result.pushed["version"] >= 1
         served = _greedy(http, "roundtrip")
         assert served["adapter"]["name"] == "roundtrip"
-        assert served["results"][0]["completions"][0]["token_ids"] != base_before
-        assert _greedy(http, None)["results"][0]["completions"][0]["token_ids"] == base_before
+        # A few steps need not flip a greedy token, but they always move the distribution: where the
+        # greedy tokens are the same, their log-probabilities must differ.
+        tuned = served["results"][0]["completions"][0]
+        assert tuned["token_ids"] != base_before["token_ids"] or max(
+            abs(a["logprob"] - b["logprob"]) for a, b in zip(tuned["logprobs"], base_before["logprobs"])) > 1e-3
+        base_after = _greedy(http, None)["results"][0]["completions"][0]
+        assert base_after["token_ids"] == base_before["token_ids"]
+        assert [p["logprob"] for p in base_after["logprobs"]] == pytest.approx(
+            [p["logprob"] for p in base_before["logprobs"]], abs=1e-4)
         http.delete("/v1/adapters/roundtrip")
