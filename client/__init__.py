@@ -1,7 +1,7 @@
-"""Client library for the SSD sampling service, and the `ssd` command."""
+"""The HTTP client library for the SSD sampling service: one core, sync and async."""
 
 from client.api import AsyncSamplerClient, SamplerClient
-from client.errors import APIError, BadRequest, NotFound, ServiceUnavailable, SSDClientError
+from client.errors import APIError, BadRequest, JobStalled, NotFound, ServiceUnavailable, SSDClientError
 
-__all__ = ["SamplerClient", "AsyncSamplerClient", "APIError", "BadRequest", "NotFound",
+__all__ = ["SamplerClient", "AsyncSamplerClient", "APIError", "BadRequest", "JobStalled", "NotFound",
            "ServiceUnavailable", "SSDClientError"]

@@ -11,6 +11,10 @@ class ServiceUnavailable(SSDClientError):
     """The server could not be reached, or kept answering 503 after every retry."""
 
 
+class JobStalled(SSDClientError):
+    """A followed job made no progress for longer than the caller's stall timeout."""
+
+
 class APIError(SSDClientError):
     """The server answered with an error status. `param` names the offending field, if any."""
 

@@ -15,11 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+from client.api import SamplerClient
+from client.errors import ServiceUnavailable
 
 STARTUP_TIMEOUT_S = 900       # a first start compiles and loads the model; minutes on a CPU
 SHUTDOWN_TIMEOUT_S = 30
-HEALTH_POLL_S = 1.0
 
 
 def free_port() -> int:
@@ -52,20 +52,19 @@ class LocalServer:
         return self
 
     def wait_healthy(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the sampling service exited with code {self.process.returncode}; "
-                                   f"last lines of {self.log_path}:\n{tail}")
+        with SamplerClient(self.url) as probe:
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(HEALTH_POLL_S)
-        self.stop()
-        raise RuntimeError(f"the sampling service was not healthy after {STARTUP_TIMEOUT_S}s; see {self.log_path}")
+                probe.wait_until_healthy(STARTUP_TIMEOUT_S, still_starting=self._raise_if_exited)
+            except ServiceUnavailable:
+                self.stop()
+                raise RuntimeError(f"the sampling service was not healthy after {STARTUP_TIMEOUT_S}s; "
+                                   f"see {self.log_path}") from None
+
+    def _raise_if_exited(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"the sampling service exited with code {self.process.returncode}; "
+                               f"last lines of {self.log_path}:\n{tail}")
 
     def kill9(self) -> None:
         """SIGKILL the whole process group: no shutdown hook runs."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -25,6 +26,24 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or flag holds a value that does not fit the dataclass."""
+
+
+def help_meta(text: str) -> dict[str, str]:
+    """Field metadata: `field(default=..., metadata=help_meta("..."))` becomes the flag's --help."""
+    return {"help": text}
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `ok`: every config check in the project goes through here."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_range(name: str, value: object, low: float, high: float) -> None:
+    """`low <= value <= high` for a finite number, else a ConfigError naming the field and bounds."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and low <= value <= high)
+    require(ok, f"{name} must be in [{low}, {high}], got {value!r}")
 
 
 def _flag(name: str) -> str:

@@ -5,7 +5,8 @@ Only this module knows which version an alias points to. The life of an upload:
 1. validate the files (they parse, rank <= max_lora_rank, base model matches, every targeted
    module exists with matching shapes), so the engine never sees a bad adapter;
 2. copy them into `data_dir/adapters/<name>/v<N>/` and load them under a *new* engine id
-   (never vLLM's `load_inplace`, whose stale prefix-cache and re-read bugs REFERENCE §2 lists);
+   (never vLLM's `load_inplace`, which reuses stale prefix-cache blocks and re-reads the files
+   from disk on every step; docs/api.md, "Adapters");
 3. move the alias `name -> name@vN` in one step. A request resolves the alias once, when it is
    admitted, and holds a lease on that version until it finishes, so in-flight requests end on the
    version they started with; the old version is unloaded when its last lease is returned.
@@ -27,13 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+from common.protocol import ADAPTER_CONFIG_FILE, ADAPTER_FILES, ADAPTER_WEIGHTS_FILE, adapter_ref
 from sampler_service.errors import AdapterRejected, NotFound
 from sampler_service.store import Store
 
 log = logging.getLogger("sampler_service.adapters")
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MAX_ADAPTER_CONFIG_BYTES = 1024 * 1024
 SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024
 
@@ -52,7 +52,7 @@ class AdapterVersion:
 
     @property
     def ref(self) -> str:
-        return f"{self.name}@v{self.version}"
+        return adapter_ref(self.name, self.version)
 
     def lora_request(self) -> Any:
         from vllm.lora.request import LoRARequest
@@ -176,21 +176,21 @@ class AdapterRegistry:
             versions = [{"version": v.version, "rank": v.rank, "created_at": v.created_at, "loaded": v.loaded,
                          "in_flight": v.leases} for v in sorted(family.versions.values(), key=lambda v: v.version)]
             out.append({"name": name, "current_version": family.current,
-                        "alias": f"{name}@v{family.current}" if family.current else None, "versions": versions})
+                        "alias": adapter_ref(name, family.current) if family.current else None, "versions": versions})
         return out
 
     # -- validation --------------------------------------------------------------------------
     def validate(self, adapter_dir: Path) -> int:
         """Check the files before the engine sees them. Returns the adapter's rank."""
-        config = _read_adapter_config(adapter_dir / ADAPTER_CONFIG)
+        config = _read_adapter_config(adapter_dir / ADAPTER_CONFIG_FILE)
         rank = config.get("r")
         if not isinstance(rank, int) or rank < 1:
-            raise AdapterRejected(f"{ADAPTER_CONFIG}: `r` must be a positive integer, got {rank!r}", param="adapter")
+            raise AdapterRejected(f"{ADAPTER_CONFIG_FILE}: `r` must be a positive integer, got {rank!r}", param="adapter")
         if rank > self.max_rank:
             raise AdapterRejected(f"adapter rank {rank} exceeds the server's max_lora_rank {self.max_rank}",
                                   param="adapter")
         self._check_base_model(config)
-        tensors = _read_safetensors_shapes(adapter_dir / ADAPTER_WEIGHTS)
+        tensors = _read_safetensors_shapes(adapter_dir / ADAPTER_WEIGHTS_FILE)
         self._check_targets(tensors, rank)
         return rank
 
@@ -207,7 +207,7 @@ class AdapterRegistry:
         base = self._base_weight_shapes()
         lora_tensors = {k: v for k, v in tensors.items() if ".lora_A." in k or ".lora_B." in k}
         if not lora_tensors:
-            raise AdapterRejected(f"{ADAPTER_WEIGHTS} holds no lora_A/lora_B tensors", param="adapter")
+            raise AdapterRejected(f"{ADAPTER_WEIGHTS_FILE} holds no lora_A/lora_B tensors", param="adapter")
         for key, shape in lora_tensors.items():
             module = _base_module_name(key)
             if base is None:
@@ -242,15 +242,15 @@ def _base_module_name(lora_key: str) -> str:
 
 def _read_adapter_config(path: Path) -> dict:
     if not path.is_file():
-        raise AdapterRejected(f"{ADAPTER_CONFIG} is missing", param="adapter")
+        raise AdapterRejected(f"{ADAPTER_CONFIG_FILE} is missing", param="adapter")
     if path.stat().st_size > MAX_ADAPTER_CONFIG_BYTES:
-        raise AdapterRejected(f"{ADAPTER_CONFIG} is too large", param="adapter")
+        raise AdapterRejected(f"{ADAPTER_CONFIG_FILE} is too large", param="adapter")
     try:
         config = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterRejected(f"{ADAPTER_CONFIG} is not valid JSON: {exc}", param="adapter")
+        raise AdapterRejected(f"{ADAPTER_CONFIG_FILE} is not valid JSON: {exc}", param="adapter")
     if not isinstance(config, dict):
-        raise AdapterRejected(f"{ADAPTER_CONFIG} must hold a JSON object", param="adapter")
+        raise AdapterRejected(f"{ADAPTER_CONFIG_FILE} must hold a JSON object", param="adapter")
     if config.get("peft_type", "LORA") != "LORA":
         raise AdapterRejected(f"only LoRA adapters are served, got peft_type {config.get('peft_type')!r}",
                               param="adapter")
@@ -282,7 +282,7 @@ def _read_safetensors_shapes(path: Path) -> dict[str, list[int]]:
 def _copy_adapter(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".upload-"))
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+    for name in ADAPTER_FILES:
         shutil.copyfile(source / name, staging / name)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)

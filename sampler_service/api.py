@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from common.models import resolve_model
-from sampler_service.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterRegistry
+from common.protocol import ADAPTER_FILES, DEFAULT_PAGE_SIZE, FINAL_JOB_STATUSES, MAX_PAGE_SIZE
+from sampler_service.adapters import AdapterRegistry
 from sampler_service.config import ServiceConfig
 from sampler_service.engine import Engine
 from sampler_service.errors import (InvalidRequest, NotFound, PayloadTooLarge, error_response, install_error_handlers,
@@ -32,8 +33,6 @@ from sampler_service.store import Store
 
 log = logging.getLogger("sampler_service")
 
-MAX_PAGE_LIMIT = 1000
-DEFAULT_PAGE_LIMIT = 100
 MAX_JOBS_LISTED = 1000
 DISCONNECT_POLL_S = 0.5
 ADAPTERS_PATH = "/v1/adapters"
@@ -257,7 +256,7 @@ def _job_routes(app: FastAPI, state: ServiceState) -> None:
 
     @app.get("/v1/jobs/{job_id}/samples", summary="Pull a page of samples (the trainer's API)")
     async def samples_page(job_id: str, after: int = Query(0, ge=0),
-                           limit: int = Query(DEFAULT_PAGE_LIMIT, ge=1, le=MAX_PAGE_LIMIT),
+                           limit: int = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE),
                            include_filtered: bool = False) -> Any:
         """Samples with `cursor > after`, in cursor order. The same `after` always gives the same
         samples; `has_more` is false only once the job is finished and nothing lies past
@@ -265,7 +264,7 @@ def _job_routes(app: FastAPI, state: ServiceState) -> None:
         job = await _job_or_404(store, job_id)  # read status first: a final status means all rows exist
         rows = await asyncio.to_thread(store.samples_page, job_id, after, limit, include_filtered)
         next_cursor = rows[-1]["cursor"] if rows else after
-        finished = job["status"] in ("completed", "failed", "cancelled")
+        finished = job["status"] in FINAL_JOB_STATUSES
         has_more = (not finished) or await asyncio.to_thread(store.has_samples_after, job_id, next_cursor,
                                                              include_filtered)
         return {"job_id": job_id, "job_status": job["status"], "samples": rows, "next_cursor": next_cursor,
@@ -348,7 +347,7 @@ async def _upload_multipart(adapters: AdapterRegistry, request: Request) -> Any:
         raise InvalidRequest("a valid adapter `name` form field is required", param="name")
     staging = Path(tempfile.mkdtemp(prefix="ssd-adapter-"))
     try:
-        for field in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        for field in ADAPTER_FILES:
             upload = form.get(field)
             if upload is None or isinstance(upload, str):
                 raise InvalidRequest(f"the multipart body needs a file field {field!r}", param=field)

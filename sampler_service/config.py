@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.protocol import DEFAULT_MAX_N, DEFAULT_PORT
+
 # Bounds a request may not exceed. Named here so that the API docs, the validation and the tests
 # read the same numbers.
-DEFAULT_MAX_N = 64
 DEFAULT_MAX_QUEUE = 512          # requests admitted to the engine at once (sync calls + job prompts)
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_ADAPTER_BYTES = 4 * 1024 * 1024 * 1024   # a rank-64 adapter on a 30B model is GBs
@@ -27,7 +28,7 @@ def _help(text: str) -> dict[str, str]:
 class ServiceConfig:
     model: str = field(default="demo", metadata=_help("model: `demo`, an HF folder, or a hub id"))
     host: str = field(default="127.0.0.1", metadata=_help("address to bind"))
-    port: int = field(default=8000, metadata=_help("port to bind"))
+    port: int = field(default=DEFAULT_PORT, metadata=_help("port to bind"))
     data_dir: Path = field(default=Path(".ssd/service"),
                            metadata=_help("durable store (SQLite) and uploaded adapters live here"))
     dtype: str = field(default="auto", metadata=_help("auto = float32 on CPU, bfloat16 on GPU"))

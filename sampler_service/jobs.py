@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from common.protocol import JOB_CANCELLED, JOB_COMPLETED, JOB_FAILED, JOB_RUNNING
 from sampler_service.adapters import AdapterRegistry
 from sampler_service.engine import Engine
 from sampler_service.errors import NotFound
@@ -43,7 +44,7 @@ class JobRunner:
         job = await asyncio.to_thread(self.store.get_job, job_id)
         if job is None:
             raise NotFound(f"unknown job {job_id!r}", param="id")
-        await asyncio.to_thread(self.store.finish_job, job_id, "cancelled")
+        await asyncio.to_thread(self.store.finish_job, job_id, JOB_CANCELLED)
         driver = self._drivers.pop(job_id, None)
         if driver is not None:
             driver.cancel()  # cancels the in-flight prompts, which aborts them in the engine
@@ -62,16 +63,16 @@ class JobRunner:
     async def _drive(self, job_id: str) -> None:
         try:
             job = await asyncio.to_thread(self.store.get_job, job_id)
-            await asyncio.to_thread(self.store.set_status, job_id, "running")
+            await asyncio.to_thread(self.store.set_status, job_id, JOB_RUNNING)
             pending = await asyncio.to_thread(self.store.pending_prompts, job_id)
             await self._run_prompts(job, pending)
-            await asyncio.to_thread(self.store.finish_job, job_id, "completed")
+            await asyncio.to_thread(self.store.finish_job, job_id, JOB_COMPLETED)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("job %s failed", job_id)
             self.metrics.errors.labels(type="job_failed").inc()
-            await asyncio.to_thread(self.store.finish_job, job_id, "failed", f"{type(exc).__name__}: {exc}")
+            await asyncio.to_thread(self.store.finish_job, job_id, JOB_FAILED, f"{type(exc).__name__}: {exc}")
         finally:
             self._drivers.pop(job_id, None)
 

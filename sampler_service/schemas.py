@@ -1,8 +1,9 @@
 """Request bodies and their bounds. Validation happens here, once, at the service boundary.
 
 Pydantic runs in strict mode with unknown fields forbidden, so `"n": "3"` and a misspelt
-`"temprature"` are both 400s that name the field. Bounds that depend on the server's config
-(`max_n`) or on the model (context length) are checked in `sampler_service.validation`.
+`"temprature"` are both 400s that name the field. The bounds are the wire contract's
+(`common.protocol`); the ones that depend on the server's config (`max_n`) or on the model (context
+length) are checked where the request is admitted (`sampler_service.engine`).
 """
 
 from __future__ import annotations
@@ -12,20 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_TEMPERATURE = 10.0
-MIN_TOP_K = -1                 # -1 disables top-k, as in vLLM
-MAX_STOP_STRINGS = 16
-MAX_STOP_STRING_CHARS = 256
-MAX_LOGPROBS = 20
-MAX_PROMPTS_PER_REQUEST = 1024
-MAX_PROMPTS_PER_JOB = 200_000
-MAX_PROMPT_ID_CHARS = 256
-MAX_JOB_NAME_CHARS = 200
-MAX_TOKENS_DEFAULT = 256
-MAX_DROP_SHORTEST_FRACTION = 0.9
-ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
-ADAPTER_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}(@v[0-9]+)?$"
-ROLES = ("system", "user", "assistant")
+from common.protocol import (ADAPTER_NAME_PATTERN, ADAPTER_REF_PATTERN, DEFAULT_MAX_TOKENS, MAX_DROP_SHORTEST_FRACTION,
+                             MAX_JOB_NAME_CHARS, MAX_LOGPROBS, MAX_PROMPT_ID_CHARS, MAX_PROMPTS_PER_JOB,
+                             MAX_PROMPTS_PER_REQUEST, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TEMPERATURE,
+                             CHAT_ROLES, SAMPLING_FIELDS, TOP_K_DISABLED)
 
 
 class _Strict(BaseModel):
@@ -33,7 +24,7 @@ class _Strict(BaseModel):
 
 
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
+    role: Literal[CHAT_ROLES]  # type: ignore[valid-type]  # a tuple subscript is Literal["system", ...]
     content: str
 
 
@@ -42,10 +33,10 @@ class SamplingFields(_Strict):
 
     n: int = Field(1, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE)
-    top_k: int = Field(-1, ge=MIN_TOP_K)
+    top_k: int = Field(TOP_K_DISABLED, ge=TOP_K_DISABLED)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
-    max_tokens: int = Field(MAX_TOKENS_DEFAULT, ge=1)
+    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1)
     stop: list[str] | None = Field(None, max_length=MAX_STOP_STRINGS)
     seed: int | None = Field(None, ge=0)
     adapter: str | None = Field(None, pattern=ADAPTER_REF_PATTERN)
@@ -68,7 +59,11 @@ class SamplingFields(_Strict):
         return value
 
     def sampling_dict(self) -> dict:
-        return {name: getattr(self, name) for name in SamplingFields.model_fields}
+        return {name: getattr(self, name) for name in SAMPLING_FIELDS}
+
+
+# The contract names the fields; this model must declare exactly those.
+assert tuple(SamplingFields.model_fields) == SAMPLING_FIELDS, "SamplingFields drifted from common.protocol"
 
 
 class SampleRequest(SamplingFields):

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.protocol import ACTIVE_JOB_STATUSES, FILTER_EMPTY, FILTER_SHORTEST, JOB_QUEUED
+
+# SQL placeholders for `status IN (...)`, built from the contract rather than spelt out in SQL.
+_ACTIVE_IN = "(" + ", ".join("?" * len(ACTIVE_JOB_STATUSES)) + ")"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, params TEXT NOT NULL, filters TEXT NOT NULL,
@@ -48,8 +53,6 @@ CREATE TABLE IF NOT EXISTS adapters (
 CREATE TABLE IF NOT EXISTS aliases (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
 """
 
-ACTIVE_STATUSES = ("queued", "running")
-FINAL_STATUSES = ("completed", "failed", "cancelled")
 PENDING = "pending"  # held until the job ends, when the shortest-fraction cut is known
 
 
@@ -104,8 +107,8 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO jobs (id, name, status, params, filters, num_prompts, created_at, updated_at)"
-                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (job_id, name, json.dumps(params), json.dumps(filters), len(prompts), now, now))
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, name, JOB_QUEUED, json.dumps(params), json.dumps(filters), len(prompts), now, now))
             db.executemany(
                 "INSERT INTO job_prompts (job_id, idx, prompt_id, input) VALUES (?, ?, ?, ?)",
                 [(job_id, idx, pid, json.dumps(value)) for idx, (pid, value) in enumerate(prompts)])
@@ -124,7 +127,7 @@ class Store:
     def active_job_ids(self) -> list[str]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at").fetchall()
+                f"SELECT id FROM jobs WHERE status IN {_ACTIVE_IN} ORDER BY created_at", ACTIVE_JOB_STATUSES).fetchall()
         return [r["id"] for r in rows]
 
     def set_status(self, job_id: str, status: str, error: str | None = None) -> None:
@@ -169,7 +172,7 @@ class Store:
     @staticmethod
     def _filter_reason(completion: Completion, filters: dict) -> str | None:
         if filters.get("drop_empty", True) and not completion.text.strip():
-            return "empty"
+            return FILTER_EMPTY
         # The shortest-fraction cut needs every length: hold the sample until the job ends.
         return PENDING if filters.get("drop_shortest_fraction", 0.0) > 0 else None
 
@@ -177,8 +180,8 @@ class Store:
         """Move an active job to a final status (a cancel wins over a later completion) and, in the
         same transaction, settle the held samples against the job-wide shortest-fraction cut."""
         with self._tx() as db:
-            row = db.execute("SELECT filters FROM jobs WHERE id = ? AND status IN ('queued', 'running')",
-                             (job_id,)).fetchone()
+            row = db.execute(f"SELECT filters FROM jobs WHERE id = ? AND status IN {_ACTIVE_IN}",
+                             (job_id, *ACTIVE_JOB_STATUSES)).fetchone()
             if row is None:
                 return
             self._settle_pending(db, job_id, json.loads(row["filters"]).get("drop_shortest_fraction", 0.0))
@@ -194,8 +197,9 @@ class Store:
             return
         # ml-ssd: drop the shortest `fraction` of the non-empty responses. Ties at the cut are kept.
         threshold = lengths[min(int(fraction * len(lengths)), len(lengths) - 1)]
-        db.execute("UPDATE samples SET kept = 0, filter_reason = 'shortest'"
-                   " WHERE job_id = ? AND filter_reason = ? AND num_tokens < ?", (job_id, PENDING, threshold))
+        db.execute("UPDATE samples SET kept = 0, filter_reason = ?"
+                   " WHERE job_id = ? AND filter_reason = ? AND num_tokens < ?",
+                   (FILTER_SHORTEST, job_id, PENDING, threshold))
         kept = db.execute("UPDATE samples SET kept = 1, filter_reason = NULL WHERE job_id = ? AND filter_reason = ?",
                           (job_id, PENDING)).rowcount
         db.execute("UPDATE jobs SET samples_kept = samples_kept + ? WHERE id = ?", (kept, job_id))

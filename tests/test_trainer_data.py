@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import httpx
 import pytest
+
+from client import JobStalled, SamplerClient
 
 from tests.test_trainer_fixtures import TINY_EOS, synthetic_samples
 from trainer.data import (IGNORE_INDEX, HttpSampleSource, JsonlSampleSource, ListSampleSource,
@@ -131,31 +134,46 @@ def test_jsonl_source_reads_an_export(tmp_path):
     assert [s["cursor"] for s in JsonlSampleSource(path, after=20)] == [30, 40, 50]
 
 
-class FakeJobClient:
-    """Serves pages the way the pull API does while a job is still sampling: empty pages first."""
-    def __init__(self, samples, empty_pages_first=2):
-        self.samples = samples
-        self.empty_pages_left = empty_pages_first
-        self.calls = []
+def pull_api(samples, empty_pages_first=2):
+    """An httpx transport that answers the pull API as the service does while a job still samples:
+    empty pages first. Returns (transport, the `after` of every page request)."""
+    calls = []
+    state = {"empty_left": empty_pages_first}
 
-    def samples_page(self, job_id, *, after, limit):
-        self.calls.append(after)
-        if self.empty_pages_left:
-            self.empty_pages_left -= 1
-            return {"samples": [], "next_cursor": after, "has_more": True, "job_status": "running"}
-        page = [s for s in self.samples if s["cursor"] > after][:limit]
+    def handler(request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/samples"):
+            return httpx.Response(200, json={"status": "running", "prompts_done": 0, "num_prompts": 1})
+        after, limit = int(request.url.params["after"]), int(request.url.params["limit"])
+        calls.append(after)
+        if state["empty_left"]:
+            state["empty_left"] -= 1
+            return httpx.Response(200, json={"samples": [], "next_cursor": after, "has_more": True,
+                                             "job_status": "running"})
+        page = [s for s in samples if s["cursor"] > after][:limit]
         next_cursor = page[-1]["cursor"] if page else after
-        has_more = any(s["cursor"] > next_cursor for s in self.samples)
-        return {"samples": page, "next_cursor": next_cursor, "has_more": has_more, "job_status": "completed"}
+        has_more = any(s["cursor"] > next_cursor for s in samples)
+        return httpx.Response(200, json={"samples": page, "next_cursor": next_cursor, "has_more": has_more,
+                                         "job_status": "completed"})
+
+    return httpx.MockTransport(handler), calls
 
 
 def test_http_source_waits_on_a_running_job_and_pages_with_the_cursor():
     samples = synthetic_samples(7)
-    client = FakeJobClient(samples)
-    source = HttpSampleSource(client, "job_1", page_size=3, poll_s=0)
-    assert [s["cursor"] for s in source] == [s["cursor"] for s in samples]
-    assert client.calls == [0, 0, 0, 30, 60]
-    assert [s["cursor"] for s in source.iter_from(50)] == [60, 70]
+    transport, calls = pull_api(samples)
+    with SamplerClient("http://test", transport=transport) as client:
+        source = HttpSampleSource(client, "job_1", page_size=3, poll_s=0)
+        assert [s["cursor"] for s in source] == [s["cursor"] for s in samples]
+        assert calls == [0, 0, 0, 30, 60]
+        assert [s["cursor"] for s in source.iter_from(50)] == [60, 70]
+
+
+def test_http_source_gives_up_on_a_stalled_job_and_names_it():
+    transport, _ = pull_api([], empty_pages_first=10**9)
+    with SamplerClient("http://test", transport=transport) as client:
+        source = HttpSampleSource(client, "job_stuck", poll_s=0.01, stall_timeout_s=0.2)
+        with pytest.raises(JobStalled, match="job_stuck"):
+            list(source)
 
 
 def test_padding_to_a_multiple_stays_within_the_budget():

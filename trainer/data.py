@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol, runtime_checkable
 
 import torch
+
+from common.protocol import DEFAULT_PAGE_SIZE
 
 IGNORE_INDEX = -100                  # cross_entropy's default ignore_index
 HTTP_POLL_S = 1.0                    # wait between empty pages while the job still samples
@@ -78,26 +79,21 @@ class JsonlSampleSource(ListSampleSource):
 
 
 class HttpSampleSource:
-    """Pulls `GET /v1/jobs/{id}/samples` pages. An empty page while the job still runs means
-    "not sampled yet", so it waits and asks again; it stops once the server says `has_more: false`."""
+    """Pulls a job's samples through the client's cursor iterator, which waits while the job runs.
+    With `stall_timeout_s`, a job that stops progressing raises `client.JobStalled` naming it."""
 
-    def __init__(self, client: Any, job_id: str, *, after: int = 0, page_size: int = 100,
-                 poll_s: float = HTTP_POLL_S):
+    def __init__(self, client: Any, job_id: str, *, after: int = 0, page_size: int = DEFAULT_PAGE_SIZE,
+                 poll_s: float = HTTP_POLL_S, stall_timeout_s: float | None = None):
         self.client = client
         self.job_id = job_id
         self.start_after = after
         self.page_size = page_size
         self.poll_s = poll_s
+        self.stall_timeout_s = stall_timeout_s
 
     def iter_from(self, after: int) -> Iterator[dict[str, Any]]:
-        while True:
-            page = self.client.samples_page(self.job_id, after=after, limit=self.page_size)
-            yield from page["samples"]
-            after = page["next_cursor"]
-            if not page["has_more"]:
-                return
-            if not page["samples"]:
-                time.sleep(self.poll_s)
+        return self.client.iter_samples(self.job_id, after=after, limit=self.page_size, poll_s=self.poll_s,
+                                        stall_timeout_s=self.stall_timeout_s)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iter_from(self.start_after)

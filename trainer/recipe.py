@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from client.api import SamplerClient
 from common.config import ConfigError, to_dict
+from common.protocol import ADAPTER_WEIGHTS_FILE
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
 from trainer.data import (IGNORE_INDEX, DataPosition, HttpSampleSource, JsonlSampleSource, MicroBatch,
@@ -34,7 +36,6 @@ CHECKPOINTS_DIRNAME = "checkpoints"
 METRICS_FILENAME = "metrics.jsonl"
 STATE_FILENAME = "trainer_state.json"
 OPTIM_FILENAME = "optim_rng.pt"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 GPU_PAD_TO_MULTIPLE = 8             # bf16 kernels and SDPA's fast paths want lengths aligned to 8
 # Configs whose logits are not a plain lm_head(hidden): these take the model's full forward.
 _LOGIT_TRANSFORM_ATTRS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
@@ -310,7 +311,7 @@ class LoRAFinetuneRecipe:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        weights = load_file(str(folder / ADAPTER_DIRNAME / ADAPTER_WEIGHTS), device=str(self.device))
+        weights = load_file(str(folder / ADAPTER_DIRNAME / ADAPTER_WEIGHTS_FILE), device=str(self.device))
         result = set_peft_model_state_dict(self.model, weights)
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"checkpoint {folder} does not fit this LoRA config: "
@@ -354,8 +355,6 @@ def push_adapter(sampler_url: str, name: str, adapter_dir: Path, *, client: Any 
     """Upload an adapter folder (multipart) and return the server's {name, version, alias, ...}."""
     if client is not None:
         return client.upload_adapter(name, adapter_dir)
-    from client.api import SamplerClient
-
     with SamplerClient(sampler_url) as sampler:
         return sampler.upload_adapter(name, adapter_dir)
 
@@ -387,9 +386,9 @@ def _source_from_config(config: TrainConfig, client: Any) -> SampleSource:
         return JsonlSampleSource(config.samples_file)
     if config.job_id is not None:
         if client is None:
-            from client.api import SamplerClient
             client = SamplerClient(config.sampler_url)
-        return HttpSampleSource(client, config.job_id, page_size=config.page_size)
+        return HttpSampleSource(client, config.job_id, page_size=config.page_size,
+                               stall_timeout_s=config.stall_timeout_s)
     raise ConfigError("no samples: set job_id or samples_file, or pass a SampleSource to train()")
 
 
