@@ -24,9 +24,10 @@ import asyncio
 import functools
 import os
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, TypeAlias
+from typing import Any, TypeAlias
 
 import httpx
 
@@ -203,7 +204,8 @@ class _Endpoints:
         new sample nor a finished prompt has appeared for that long: no replica works on the job."""
         watch = _StallWatch(job_id, stall_timeout_s)
         while True:
-            page = yield from _Endpoints.samples_page(self, job_id, after=after, limit=limit, include_filtered=include_filtered)
+            page = yield from _Endpoints.samples_page(self, job_id, after=after, limit=limit,
+                                                      include_filtered=include_filtered)
             for sample in page["samples"]:
                 yield _Yield(sample)
             after = page["next_cursor"]

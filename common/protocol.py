@@ -22,7 +22,6 @@ MAX_TEMPERATURE: Final = 10.0      # far above any useful T; a guard against typ
 TOP_K_DISABLED: Final = -1         # vLLM's "no top-k"; 0 is refused rather than guessed at
 TOP_P_DISABLED: Final = 1.0
 MIN_P_DISABLED: Final = 0.0
-GREEDY_TEMPERATURE: Final = 0.0
 DEFAULT_MAX_N: Final = 64          # the service's default `max_n`; operators may lower or raise it
 DEFAULT_MAX_TOKENS: Final = 256
 MAX_STOP_STRINGS: Final = 16

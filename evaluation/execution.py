@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
 
 from evaluation.benchmarks.base import Problem
 from evaluation.prompts import extract_code, humaneval_program
-from evaluation.sandbox import (MAX_WALL_S, MAX_WORKERS, STARTUP_SLACK_S, ProcessOutcome, SandboxLimits,
-                                run_sandboxed)
+from evaluation.sandbox import MAX_WALL_S, MAX_WORKERS, STARTUP_SLACK_S, ProcessOutcome, SandboxLimits, run_sandboxed
 
 # LiveCodeBench prepends these imports to every program; the same here, so problems that assume them
 # (e.g. `List` in LeetCode signatures) behave as in LCB.

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
+
+from common.jsonl import read_jsonl, write_jsonl
 
 DEFAULT_KS = (1, 5)
 BOOTSTRAP_RESAMPLES = 1000
@@ -118,17 +121,6 @@ def score(sample_rows: Iterable[dict[str, Any]], ks: Iterable[int] = DEFAULT_KS,
         by_difficulty={d: _aggregate(group, ks, seed) for d, group in sorted(by_difficulty.items())},
         problems=problems,
     )
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    with Path(path).open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    with Path(path).open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def write_results(out_dir: str | Path, sample_rows: list[dict[str, Any]], scores: Scores,

@@ -1,7 +1,7 @@
 """Prompt formats sent to the model, and code extraction from what it answers.
 
 HumanEval: one user message asking for the complete function in a ```python fence (the format the
-project's baseline in REFERENCE.md §3 was measured with).
+project's baseline in docs/cpu-notes.md was measured with).
 
 LiveCodeBench: LCB's own code-generation prompt: a system message, the question, then either the
 starter code (functional, LeetCode-style problems) or the instruction to read stdin and write stdout.

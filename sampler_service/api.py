@@ -24,8 +24,14 @@ from common.protocol import ADAPTER_FILES, DEFAULT_PAGE_SIZE, FINAL_JOB_STATUSES
 from sampler_service.adapters import AdapterRegistry
 from sampler_service.config import ServiceConfig
 from sampler_service.engine import Engine
-from sampler_service.errors import (InvalidRequest, NotFound, PayloadTooLarge, error_response, install_error_handlers,
-                                    invalid_request_from)
+from sampler_service.errors import (
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    error_response,
+    install_error_handlers,
+    invalid_request_from,
+)
 from sampler_service.jobs import JobRunner
 from sampler_service.metrics import Metrics
 from sampler_service.schemas import AdapterPathRequest, JobRequest, SampleRequest, is_valid_adapter_name

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from common.protocol import SAMPLING_FIELDS
 from sampler_service.config import ServiceConfig
 from sampler_service.errors import EngineUnavailable, InvalidRequest, Overloaded
 from sampler_service.store import Completion
@@ -23,10 +24,14 @@ log = logging.getLogger("sampler_service.engine")
 
 OVERLOADED_RETRY_AFTER_S = 2
 
+# The wire's sampling fields are vLLM's own SamplingParams arguments, but for `adapter`, which picks
+# the LoRA request instead.
+ENGINE_FIELDS = tuple(name for name in SAMPLING_FIELDS if name != "adapter")
+
 
 def configure_cpu_threads(cpu_threads: str) -> None:
     """vLLM's CPU engine binds its compute threads to one core and reserves the rest by default;
-    on a 2-core box binding to all cores made it 1.7x faster (REFERENCE §3). The env vars must be
+    on a 2-core box binding to all cores made it 1.7x faster (docs/cpu-notes.md). The env vars must be
     set before the engine's worker process is spawned; explicit user settings win."""
     cores = cpu_threads if cpu_threads != "auto" else f"0-{max(os.cpu_count() or 1, 1) - 1}"
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
@@ -158,10 +163,7 @@ class Engine:
             raise InvalidRequest(f"n must be <= {self.config.max_n}, got {params['n']}", param="n")
         try:
             return SamplingParams(
-                n=params["n"], temperature=params["temperature"], top_k=params["top_k"],
-                top_p=params["top_p"], min_p=params["min_p"], max_tokens=params["max_tokens"],
-                stop=params.get("stop"), seed=params.get("seed"), logprobs=params.get("logprobs"),
-                ignore_eos=params.get("ignore_eos", False),
+                **{name: params[name] for name in ENGINE_FIELDS if params.get(name) is not None},
                 # FINAL_ONLY: one output holding all n completions. The streaming kinds hand back
                 # one child at a time, and a collector that keeps only the last output loses the rest.
                 output_kind=RequestOutputKind.FINAL_ONLY)

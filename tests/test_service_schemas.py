@@ -6,8 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from sampler_service.errors import invalid_request_from
-from sampler_service.schemas import (MAX_STOP_STRINGS, MAX_TEMPERATURE, JobRequest, SampleRequest,
-                                     is_valid_adapter_name)
+from sampler_service.schemas import MAX_STOP_STRINGS, MAX_TEMPERATURE, JobRequest, SampleRequest, is_valid_adapter_name
 
 
 def _param_of(body: dict, model=SampleRequest) -> str | None:
