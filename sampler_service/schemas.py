@@ -13,10 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.protocol import (ADAPTER_NAME_PATTERN, ADAPTER_REF_PATTERN, DEFAULT_MAX_TOKENS, MAX_DROP_SHORTEST_FRACTION,
-                             MAX_JOB_NAME_CHARS, MAX_LOGPROBS, MAX_PROMPT_ID_CHARS, MAX_PROMPTS_PER_JOB,
-                             MAX_PROMPTS_PER_REQUEST, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TEMPERATURE,
-                             CHAT_ROLES, SAMPLING_FIELDS, TOP_K_DISABLED)
+from common.protocol import (ADAPTER_NAME_PATTERN, ADAPTER_REF_PATTERN, DEFAULT_MAX_TOKENS, DEFAULT_SHORTEST_BY,
+                             MAX_DROP_SHORTEST_FRACTION, MAX_JOB_NAME_CHARS, MAX_LOGPROBS, MAX_PROMPT_ID_CHARS,
+                             MAX_PROMPTS_PER_JOB, MAX_PROMPTS_PER_REQUEST, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TEMPERATURE,
+                             CHAT_ROLES, SAMPLING_FIELDS, SHORTEST_BY_CHOICES, TOP_K_DISABLED)
 
 
 class _Strict(BaseModel):
@@ -108,10 +108,12 @@ class JobPrompt(_Strict):
 
 
 class JobFilters(_Strict):
-    """apple/ml-ssd's filters: drop empty completions, then the shortest fraction."""
+    """apple/ml-ssd's filters: drop empty completions, then the shortest fraction, measured in
+    characters (ml-ssd) or tokens (`shortest_by`); ties at the cut are kept."""
 
     drop_empty: bool = True
     drop_shortest_fraction: float = Field(0.0, ge=0.0, le=MAX_DROP_SHORTEST_FRACTION)
+    shortest_by: Literal[SHORTEST_BY_CHOICES] = DEFAULT_SHORTEST_BY  # type: ignore[valid-type]
 
 
 class JobRequest(SamplingFields):
