@@ -17,10 +17,11 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from common.config import to_dict
+from common.config import require, to_dict
 from evaluation.benchmarks import Benchmark, Problem, get_benchmark
-from evaluation.execution import CheckResult, check_answer
+from evaluation.execution import OUTPUT_CHECK_EXACT, OUTPUT_CHECKS, CheckResult, check_answer
 from evaluation.metrics import DEFAULT_KS, Scores, score, write_results
+from evaluation.prompts import EXTRACT_LAST, EXTRACTION_CHOICES
 from evaluation.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MAX_WORKERS, SandboxLimits
 
 MAX_N = 64                 # the service's default max_n
@@ -54,6 +55,8 @@ class EvalConfig:
     timeout_s: float = field(default=DEFAULT_TIMEOUT_S, metadata={"help": "sandbox timeout per test"})
     memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata={"help": "sandbox address-space limit"})
     workers: int = field(default=2, metadata={"help": "sandboxes run in parallel"})
+    output_check: str = field(default=OUTPUT_CHECK_EXACT, metadata={"help": "exact (LiveCodeBench: strings, else Decimal equality) | tolerant (numbers within 1e-6)"})
+    code_extraction: str = field(default=EXTRACT_LAST, metadata={"help": "last (the last fenced block, as ml-ssd) | longest (the longest python block)"})
     # The engine only batches what is in flight: 64 problems per request keeps vLLM's continuous
     # batching full (8 per request made a HumanEval run on the CPU about 4x slower).
     batch_size: int = field(default=MAX_BATCH_PROBLEMS, metadata={"help": "problems per sampling request"})
@@ -72,6 +75,8 @@ class EvalConfig:
         _check_range("batch_size", self.batch_size, 1, MAX_BATCH_PROBLEMS)
         if self.limit is not None:
             _check_range("limit", self.limit, 1, 10 ** 7)
+        require(self.output_check in OUTPUT_CHECKS, f"output_check must be one of {OUTPUT_CHECKS}, got {self.output_check!r}")
+        require(self.code_extraction in EXTRACTION_CHOICES, f"code_extraction must be one of {EXTRACTION_CHOICES}, got {self.code_extraction!r}")
         if not self.ks or any(k < 1 for k in self.ks):
             raise ValueError(f"ks must be positive integers, got {self.ks}")
 
@@ -149,7 +154,8 @@ class _Run:
 
     def submit(self, pool: ThreadPoolExecutor, problem: Problem, sample_index: int, completion: dict) -> None:
         text = completion.get("text", "")
-        future = pool.submit(check_answer, problem, text, self.limits, self.benchmark.uses_import_header)
+        future = pool.submit(check_answer, problem, text, self.limits, self.benchmark.uses_import_header,
+                             output_check=self.config.output_check, extraction=self.config.code_extraction)
         future.add_done_callback(self.on_checked)
         row = {"problem_id": problem.id, "sample_index": sample_index, "difficulty": problem.difficulty,
                "completion": text, "finish_reason": completion.get("finish_reason"),
