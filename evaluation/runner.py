@@ -55,8 +55,10 @@ class EvalConfig:
     timeout_s: float = field(default=DEFAULT_TIMEOUT_S, metadata={"help": "sandbox timeout per test"})
     memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata={"help": "sandbox address-space limit"})
     workers: int = field(default=2, metadata={"help": "sandboxes run in parallel"})
-    output_check: str = field(default=OUTPUT_CHECK_EXACT, metadata={"help": "exact (LiveCodeBench: strings, else Decimal equality) | tolerant (numbers within 1e-6)"})
-    code_extraction: str = field(default=EXTRACT_LAST, metadata={"help": "last (the last fenced block, as ml-ssd) | longest (the longest python block)"})
+    output_check: str = field(default=OUTPUT_CHECK_EXACT, metadata={
+        "help": "exact (LiveCodeBench: strings, else Decimal equality) | tolerant (numbers within 1e-6)"})
+    code_extraction: str = field(default=EXTRACT_LAST, metadata={
+        "help": "last (the last fenced block, as ml-ssd) | longest (the longest python block)"})
     # The engine only batches what is in flight: 64 problems per request keeps vLLM's continuous
     # batching full (8 per request made a HumanEval run on the CPU about 4x slower).
     batch_size: int = field(default=MAX_BATCH_PROBLEMS, metadata={"help": "problems per sampling request"})
@@ -75,8 +77,8 @@ class EvalConfig:
         _check_range("batch_size", self.batch_size, 1, MAX_BATCH_PROBLEMS)
         if self.limit is not None:
             _check_range("limit", self.limit, 1, 10 ** 7)
-        require(self.output_check in OUTPUT_CHECKS, f"output_check must be one of {OUTPUT_CHECKS}, got {self.output_check!r}")
-        require(self.code_extraction in EXTRACTION_CHOICES, f"code_extraction must be one of {EXTRACTION_CHOICES}, got {self.code_extraction!r}")
+        require(self.output_check in OUTPUT_CHECKS, f"output_check must be one of {OUTPUT_CHECKS}")
+        require(self.code_extraction in EXTRACTION_CHOICES, f"code_extraction must be one of {EXTRACTION_CHOICES}")
         if not self.ks or any(k < 1 for k in self.ks):
             raise ValueError(f"ks must be positive integers, got {self.ks}")
 
