@@ -190,6 +190,7 @@ class PairedComparison:
     difference_sd: float           # sample standard deviation of the per-problem differences
     mde: float                     # minimum detectable effect at this run's problems and repeats
     sampling_variance: float | None    # part of Var(difference) due to finite repeats (None: 1 repeat)
+    per_sample_variance: float | None  # the same for one sample per side: sampling_variance at 1 repeat
     ci_level: float = CI_LEVEL
     alpha: float = MDE_ALPHA
     power: float = MDE_POWER
@@ -197,16 +198,15 @@ class PairedComparison:
     def mde_at(self, num_problems: int, repeats: int | None = None) -> float | None:
         """The minimum detectable effect projected to `num_problems` problems and `repeats` samples per
         problem on each side (default: this run's). The variance of a problem's difference splits into
-        a between-problem part (true effects differ by problem) and a sampling part that shrinks as
-        1/repeats; the split needs at least 2 repeats, so with 1 repeat only `num_problems` can change
-        (None otherwise)."""
+        a between-problem part (true pass rates and effects differ by problem) and a sampling part that
+        shrinks as 1/repeats; the split needs at least 2 repeats, so with 1 repeat only `num_problems`
+        can change (None otherwise)."""
         variance = self.difference_sd ** 2
         if repeats is not None:
-            if self.sampling_variance is None:
+            if self.sampling_variance is None or self.per_sample_variance is None:
                 return None
             between = max(variance - self.sampling_variance, 0.0)
-            scale = _mean_repeats(self.repeats_before, self.repeats_after) / repeats
-            variance = between + self.sampling_variance * scale
+            variance = between + self.per_sample_variance / repeats
         return minimum_detectable_effect(math.sqrt(variance), num_problems, self.alpha, self.power)
 
     def to_dict(self) -> dict[str, Any]:
@@ -255,10 +255,6 @@ def permutation_p(differences: np.ndarray, *, seed: int, resamples: int = PERMUT
     return (extreme + 1) / (resamples + 1)
 
 
-def _mean_repeats(before: float, after: float) -> float:
-    return (before + after) / 2
-
-
 def _pass1_by_problem(problems: Iterable[ProblemScore | dict[str, Any]]) -> dict[str, tuple[int, int]]:
     out = {}
     for problem in problems:
@@ -267,15 +263,22 @@ def _pass1_by_problem(problems: Iterable[ProblemScore | dict[str, Any]]) -> dict
     return out
 
 
-def _sampling_variance(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> float | None:
-    """Mean over problems of the estimated Var(pass@1 before) + Var(pass@1 after) from finite repeats:
-    p(1-p)/r estimated without bias by p̂(1-p̂)/(r-1)."""
+def _sampling_variances(before: list[tuple[int, int]],
+                        after: list[tuple[int, int]]) -> tuple[float | None, float | None]:
+    """(at the run's repeats, at one repeat): the mean over problems of the estimated Var(pass@1 before)
+    + Var(pass@1 after) that finite repeats cause. With r repeats Var(p̂) = p(1-p)/r, and p(1-p) is
+    estimated without bias by p̂(1-p̂)·r/(r-1). Needs r >= 2 everywhere (else None, None)."""
     if any(n < 2 for n, _ in before + after):
-        return None
-    def var(n: int, c: int) -> float:
+        return None, None
+
+    def bernoulli(n: int, c: int) -> float:
         p = c / n
-        return p * (1 - p) / (n - 1)
-    return float(np.mean([var(*b) + var(*a) for b, a in zip(before, after)]))
+        return p * (1 - p) * n / (n - 1)
+
+    pairs = list(zip(before, after))
+    at_run = float(np.mean([bernoulli(*b) / b[0] + bernoulli(*a) / a[0] for b, a in pairs]))
+    per_sample = float(np.mean([bernoulli(*b) + bernoulli(*a) for b, a in pairs]))
+    return at_run, per_sample
 
 
 def paired_comparison(before: Iterable[ProblemScore | dict[str, Any]],
@@ -297,6 +300,7 @@ def paired_comparison(before: Iterable[ProblemScore | dict[str, Any]],
     low, high = bootstrap_ci(diff, seed=seed, resamples=resamples, level=level)
     sd = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
     improved, worsened = int(np.sum(diff > 0)), int(np.sum(diff < 0))
+    sampling, per_sample = _sampling_variances(b, a)
     return PairedComparison(
         num_problems=len(common), unmatched=len(before_map.keys() ^ after_map.keys()),
         repeats_before=float(np.mean([n for n, _ in b])), repeats_after=float(np.mean([n for n, _ in a])),
@@ -304,7 +308,7 @@ def paired_comparison(before: Iterable[ProblemScore | dict[str, Any]],
         ci_low=low, ci_high=high, improved=improved, worsened=worsened,
         sign_test_p=sign_test_p(improved, worsened), permutation_p=permutation_p(diff, seed=seed),
         difference_sd=sd, mde=minimum_detectable_effect(sd, len(common), alpha, power),
-        sampling_variance=_sampling_variance(b, a), ci_level=level, alpha=alpha, power=power)
+        sampling_variance=sampling, per_sample_variance=per_sample, ci_level=level, alpha=alpha, power=power)
 
 
 def load_problem_scores(path: str | Path) -> list[dict[str, Any]]:

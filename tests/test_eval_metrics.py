@@ -167,6 +167,10 @@ def test_mde_projection_to_more_repeats_matches_a_run_with_more_repeats():
     projected = run(4).mde_at(100, repeats=16)
     measured = run(16).mde_at(100)
     assert projected == pytest.approx(measured, rel=0.08)
+    unequal = paired_comparison(_problem_rows(list(rng.binomial(4, p_before)), n=4),     # 4 before, 16 after
+                                _problem_rows(list(rng.binomial(16, p_after)), n=16), resamples=10)
+    assert (unequal.repeats_before, unequal.repeats_after) == (4, 16)
+    assert unequal.mde_at(100, repeats=16) == pytest.approx(measured, rel=0.08)
     assert run(4).mde_at(100, repeats=16) < run(4).mde_at(100)      # more repeats, smaller MDE
     single = run(1)
     assert single.sampling_variance is None and single.mde_at(100, repeats=4) is None
