@@ -52,6 +52,12 @@ FINAL_JOB_STATUSES: Final = (JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED)
 MAX_DROP_SHORTEST_FRACTION: Final = 0.9
 FILTER_EMPTY: Final = "empty"
 FILTER_SHORTEST: Final = "shortest"
+# What "shortest" measures: ml-ssd cuts by the completion's characters; tokens was this project's
+# first rule and stays an option.
+SHORTEST_BY_CHARS: Final = "chars"
+SHORTEST_BY_TOKENS: Final = "tokens"
+SHORTEST_BY_CHOICES: Final = (SHORTEST_BY_CHARS, SHORTEST_BY_TOKENS)
+DEFAULT_SHORTEST_BY: Final = SHORTEST_BY_CHARS
 
 # -- adapters ----------------------------------------------------------------------------------
 ADAPTER_CONFIG_FILE: Final = "adapter_config.json"

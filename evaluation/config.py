@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from common.config import check_range, help_meta, require
 from common.protocol import DEFAULT_MAX_N, DEFAULT_URL, MAX_TEMPERATURE
+from evaluation.execution import OUTPUT_CHECK_EXACT, OUTPUT_CHECKS
 from evaluation.metrics import DEFAULT_KS
+from evaluation.prompts import EXTRACT_LAST, EXTRACTION_CHOICES
 from evaluation.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MAX_WORKERS, SandboxLimits
 
 DEFAULT_T_EVAL = 0.7              # the demo's T_eval; the paper's model cards use 0.9-1.1 for Qwen3
@@ -36,6 +38,10 @@ class EvalConfig:
     timeout_s: float = field(default=DEFAULT_TIMEOUT_S, metadata=help_meta("sandbox timeout per test"))
     memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata=help_meta("sandbox address-space limit"))
     workers: int = field(default=2, metadata=help_meta("sandboxes run in parallel"))
+    output_check: str = field(default=OUTPUT_CHECK_EXACT, metadata=help_meta(
+        "exact (LiveCodeBench: strings, else Decimal equality) | tolerant (numbers within 1e-6)"))
+    code_extraction: str = field(default=EXTRACT_LAST, metadata=help_meta(
+        "last (the last fenced block, as ml-ssd) | longest (the longest python block)"))
     # The engine only batches what is in flight: 64 problems per request keeps vLLM's continuous
     # batching full (8 per request made a HumanEval run on the CPU about 4x slower).
     batch_size: int = field(default=MAX_BATCH_PROBLEMS, metadata=help_meta("problems per sampling request"))
@@ -54,6 +60,8 @@ class EvalConfig:
         check_range("batch_size", self.batch_size, 1, MAX_BATCH_PROBLEMS)
         if self.limit is not None:
             check_range("limit", self.limit, 1, MAX_PROBLEMS)
+        require(self.output_check in OUTPUT_CHECKS, f"output_check must be one of {OUTPUT_CHECKS}")
+        require(self.code_extraction in EXTRACTION_CHOICES, f"code_extraction must be one of {EXTRACTION_CHOICES}")
         require(bool(self.ks) and all(k >= 1 for k in self.ks), f"ks must be positive integers, got {self.ks}")
 
     def resolved_run_name(self) -> str:

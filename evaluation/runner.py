@@ -90,7 +90,8 @@ class _Run:
 
     def submit(self, pool: ThreadPoolExecutor, problem: Problem, sample_index: int, completion: dict) -> None:
         text = completion.get("text", "")
-        future = pool.submit(check_answer, problem, text, self.limits, self.benchmark.uses_import_header)
+        future = pool.submit(check_answer, problem, text, self.limits, self.benchmark.uses_import_header,
+                             output_check=self.config.output_check, extraction=self.config.code_extraction)
         future.add_done_callback(self.on_checked)
         row = {"problem_id": problem.id, "sample_index": sample_index, "difficulty": problem.difficulty,
                "completion": text, "finish_reason": completion.get("finish_reason"),

@@ -18,6 +18,7 @@ from common.protocol import (
     ADAPTER_REF_PATTERN,
     CHAT_ROLES,
     DEFAULT_MAX_TOKENS,
+    DEFAULT_SHORTEST_BY,
     MAX_DROP_SHORTEST_FRACTION,
     MAX_JOB_NAME_CHARS,
     MAX_LOGPROBS,
@@ -28,6 +29,7 @@ from common.protocol import (
     MAX_STOP_STRINGS,
     MAX_TEMPERATURE,
     SAMPLING_FIELDS,
+    SHORTEST_BY_CHOICES,
     TOP_K_DISABLED,
 )
 
@@ -121,10 +123,12 @@ class JobPrompt(_Strict):
 
 
 class JobFilters(_Strict):
-    """apple/ml-ssd's filters: drop empty completions, then the shortest fraction."""
+    """apple/ml-ssd's filters: drop empty completions, then the shortest fraction, measured in
+    characters (ml-ssd) or tokens (`shortest_by`); ties at the cut are kept."""
 
     drop_empty: bool = True
     drop_shortest_fraction: float = Field(0.0, ge=0.0, le=MAX_DROP_SHORTEST_FRACTION)
+    shortest_by: Literal[SHORTEST_BY_CHOICES] = DEFAULT_SHORTEST_BY  # type: ignore[valid-type]
 
 
 class JobRequest(SamplingFields):

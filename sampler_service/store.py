@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.protocol import ACTIVE_JOB_STATUSES, FILTER_EMPTY, FILTER_SHORTEST, JOB_QUEUED
+from common.protocol import (
+    ACTIVE_JOB_STATUSES,
+    DEFAULT_SHORTEST_BY,
+    FILTER_EMPTY,
+    FILTER_SHORTEST,
+    JOB_QUEUED,
+    SHORTEST_BY_TOKENS,
+)
 
 # SQL placeholders for `status IN (...)`, built from the contract rather than spelt out in SQL.
 _ACTIVE_IN = "(" + ", ".join("?" * len(ACTIVE_JOB_STATUSES)) + ")"
@@ -184,21 +191,25 @@ class Store:
                              (job_id, *ACTIVE_JOB_STATUSES)).fetchone()
             if row is None:
                 return
-            self._settle_pending(db, job_id, json.loads(row["filters"]).get("drop_shortest_fraction", 0.0))
+            filters = json.loads(row["filters"])
+            self._settle_pending(db, job_id, filters.get("drop_shortest_fraction", 0.0),
+                                 filters.get("shortest_by", DEFAULT_SHORTEST_BY))
             db.execute("UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ? WHERE id = ?",
                        (status, error, _now(), job_id))
 
     @staticmethod
-    def _settle_pending(db: sqlite3.Connection, job_id: str, fraction: float) -> None:
+    def _settle_pending(db: sqlite3.Connection, job_id: str, fraction: float, shortest_by: str) -> None:
+        # ml-ssd measures a response by its characters (SQL length() counts characters, not bytes).
+        length = "num_tokens" if shortest_by == SHORTEST_BY_TOKENS else "length(completion)"
         lengths = [r[0] for r in db.execute(
-            "SELECT num_tokens FROM samples WHERE job_id = ? AND filter_reason = ? ORDER BY num_tokens",
+            f"SELECT {length} FROM samples WHERE job_id = ? AND filter_reason = ? ORDER BY {length}",
             (job_id, PENDING))]
         if not lengths:
             return
         # ml-ssd: drop the shortest `fraction` of the non-empty responses. Ties at the cut are kept.
         threshold = lengths[min(int(fraction * len(lengths)), len(lengths) - 1)]
         db.execute("UPDATE samples SET kept = 0, filter_reason = ?"
-                   " WHERE job_id = ? AND filter_reason = ? AND num_tokens < ?",
+                   f" WHERE job_id = ? AND filter_reason = ? AND {length} < ?",
                    (FILTER_SHORTEST, job_id, PENDING, threshold))
         kept = db.execute("UPDATE samples SET kept = 1, filter_reason = NULL WHERE job_id = ? AND filter_reason = ?",
                           (job_id, PENDING)).rowcount

@@ -137,3 +137,28 @@ def test_cli_rejects_bad_config(tmp_path, capsys):
     args = _parse(["eval", "--n", "0"])
     assert run_command(args) == 2                     # the one error-to-exit-code mapping
     assert "ssd eval: n must be" in capsys.readouterr().err
+
+
+class UsageExampleSampler(FakeSampler):
+    """Every answer is the right solution followed by a usage example in its own block."""
+
+    def sample(self, *, messages=None, **params):
+        response = super().sample(messages=messages, **params)
+        for result in response["results"]:
+            for completion in result["completions"]:
+                completion["text"] += "\nUsage:\n```python\nprint('example')\n```"
+        return response
+
+
+def test_code_extraction_option_reaches_the_checker(tmp_path):
+    last = evaluate(UsageExampleSampler(), _config(tmp_path, n=1, ks=[1], run_name="last"))
+    longest = evaluate(UsageExampleSampler(), _config(tmp_path, n=1, ks=[1], run_name="longest",
+                                                      code_extraction="longest"))
+    assert last.scores.overall["pass@1"].value == 0.0       # ml-ssd: the last block is the answer
+    assert longest.scores.overall["pass@1"].value == 1.0
+
+
+@pytest.mark.parametrize("field_name, value", [("output_check", "fuzzy"), ("code_extraction", "first")])
+def test_config_refuses_unknown_grading_rules(field_name, value):
+    with pytest.raises(ValueError, match=field_name):
+        EvalConfig(**{field_name: value})

@@ -51,3 +51,6 @@ def test_job_prompts_need_unique_ids_and_one_input_each():
             JobRequest.model_validate({"prompts": bad})
     assert _param_of({"prompts": [{"id": "a", "prompt": "x"}], "filters": {"drop_shortest_fraction": 1.0}},
                      JobRequest) == "filters.drop_shortest_fraction"
+    assert ok.filters.shortest_by == "chars"
+    assert _param_of({"prompts": [{"id": "a", "prompt": "x"}], "filters": {"shortest_by": "bytes"}},
+                     JobRequest) == "filters.shortest_by"
