@@ -133,7 +133,7 @@ def load_yaml(path: str | Path | None) -> dict[str, Any]:
 def build_config(cls: type[T], yaml_values: dict[str, Any] | None = None,
                  flag_values: dict[str, Any] | None = None) -> T:
     """Merge defaults < YAML < flags into an instance of `cls`, rejecting unknown keys."""
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    known = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     merged: dict[str, Any] = {}
     for source_name, values in (("config file", yaml_values or {}), ("flags", flag_values or {})):
         for key, value in values.items():

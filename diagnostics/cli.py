@@ -72,6 +72,7 @@ def run_diagnose(config: DiagnoseConfig) -> Path:
     from diagnostics.report import write_report_section
 
     torch.set_num_threads(config.threads)
+    assert config.samples_file is not None   # DiagnoseConfig requires it
     result = diagnose(read_samples(config.samples_file), base_model=config.base_model, adapter=config.adapter,
                       ssd_model=config.ssd_model, settings=analysis_config(config),
                       progress=lambda done, total: print(f"\rscored batch {done}/{total}", end="", file=sys.stderr))

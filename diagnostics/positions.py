@@ -82,14 +82,14 @@ class ModelPair:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.base.get_output_embeddings().weight.shape[0])
+        return int(self.base.get_output_embeddings().weight.shape[0])  # type: ignore[operator]
 
     @property
     def context_length(self) -> int | None:
         return getattr(self.base.config, "max_position_embeddings", None)
 
     def base_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        context = self.base.disable_adapter() if self._uses_adapter else nullcontext()
+        context = self.base.disable_adapter() if self._uses_adapter else nullcontext()  # type: ignore[operator]
         with context:
             return _forward(self.base, input_ids, attention_mask)
 
@@ -119,6 +119,7 @@ def load_model_pair(base_model: str | Path | torch.nn.Module, adapter: str | Pat
     if adapter is not None:
         from peft import PeftModel
         return ModelPair(PeftModel.from_pretrained(base, str(adapter)).eval())
+    assert ssd_model is not None
     ssd = ssd_model if isinstance(ssd_model, torch.nn.Module) else load_causal_lm(ssd_model)
     return ModelPair(base, ssd)
 

@@ -151,7 +151,7 @@ def format_summary(scores: Scores, title: str = "") -> str:
     lines = [title] if title else []
     lines.append(f"{'subset':<10} {'metric':<8} {'value':>7}   {'95% CI':<17} problems")
     groups = [("all", scores.overall, scores.num_problems)]
-    counts = {}
+    counts: dict[str | None, int] = {}
     for problem in scores.problems:
         counts[problem.difficulty] = counts.get(problem.difficulty, 0) + 1
     groups += [(d, m, counts.get(d, 0)) for d, m in scores.by_difficulty.items()]

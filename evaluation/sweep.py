@@ -74,7 +74,7 @@ def temperature_sweep(client: Sampler, config: EvalConfig, temperatures: list[fl
                       adapter: str | None = None, t_train: float | None = None,
                       include_base: bool = True) -> list[SweepPoint]:
     """Evaluate the base model (and `adapter`, if given) at every T_eval in `temperatures`."""
-    runs = [(BASE_LABEL, None, None)] if include_base else []
+    runs: list[tuple[str, str | None, float | None]] = [(BASE_LABEL, None, None)] if include_base else []
     if adapter:
         runs.append((_adapter_label(adapter, t_train), adapter, t_train))
     return _study(client, config, temperatures, runs)
@@ -83,7 +83,7 @@ def temperature_sweep(client: Sampler, config: EvalConfig, temperatures: list[fl
 def temperature_grid(client: Sampler, config: EvalConfig, temperatures: list[float],
                      adapters_by_t_train: dict[float, str], *, include_base: bool = True) -> list[SweepPoint]:
     """One SSD adapter per T_train, each evaluated at every T_eval: the (T_train, T_eval) grid."""
-    runs = [(BASE_LABEL, None, None)] if include_base else []
+    runs: list[tuple[str, str | None, float | None]] = [(BASE_LABEL, None, None)] if include_base else []
     runs += [(_adapter_label(a, t), a, t) for t, a in sorted(adapters_by_t_train.items())]
     return _study(client, config, temperatures, runs)
 
