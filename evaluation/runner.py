@@ -115,12 +115,24 @@ class _Run:
 def _generate_and_check(client: Sampler, run: _Run, problems: list[Problem], pool: ThreadPoolExecutor) -> None:
     params = _sampling_params(run.config)
     for batch in _batches(problems, run.config.batch_size):
-        response = client.sample(messages=[p.messages for p in batch], **params)
-        run.record_response(response)
-        for result in response["results"]:
-            problem = batch[result["index"]]
-            for sample_index, completion in enumerate(result["completions"]):
-                run.submit(pool, problem, sample_index, completion)
+        for sample_offset, response in _responses(client, batch, params, run.config.repeat_seeds):
+            run.record_response(response)
+            for result in response["results"]:
+                problem = batch[result["index"]]
+                for index, completion in enumerate(result["completions"]):
+                    run.submit(pool, problem, sample_offset + index, completion)
+
+
+def _responses(client: Sampler, batch: list[Problem], params: dict[str, Any], repeat_seeds: bool):
+    """(first sample index, response) for one batch. With `repeat_seeds`, as ml-ssd does, repeat i is
+    its own request with seed i, so every repeat can be reproduced alone; otherwise one request
+    asks for all n (the CPU engine refuses seeds)."""
+    messages = [p.messages for p in batch]
+    if not repeat_seeds:
+        yield 0, client.sample(messages=messages, **params)
+        return
+    for repeat in range(params["n"]):
+        yield repeat, client.sample(messages=messages, **(params | {"n": 1, "seed": repeat}))
 
 
 def evaluate(client: Sampler, config: EvalConfig) -> EvalResult:

@@ -155,6 +155,8 @@ def _register_run(subparsers: argparse._SubParsersAction) -> None:
                             help="a whole SSD experiment: eval, sample, train, reload, eval, report")
     add_config_flags(parser, RunConfig)
     _api_key_flag(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved plan (prompts, tokens, hours, every setting) and exit")
     parser.set_defaults(func=_run_command)
     report = add_subcommand(subparsers, "report", help="rebuild an experiment's report from its recorded results",
                             epilog="example:\n  ssd report runs/demo")
@@ -163,9 +165,15 @@ def _register_run(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    config = config_from_args(RunConfig, args)
+    if args.dry_run:
+        from ssd.plan import format_plan, make_plan
+
+        print(format_plan(make_plan(config)))
+        return 0
     from ssd.pipeline import run_experiment  # heavy imports only when a run starts
 
-    print(f"[ssd run] report: {run_experiment(config_from_args(RunConfig, args), api_key=args.api_key)}")
+    print(f"[ssd run] report: {run_experiment(config, api_key=args.api_key)}")
     return 0
 
 

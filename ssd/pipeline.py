@@ -36,9 +36,10 @@ from evaluation.config import EvalConfig
 from evaluation.runner import evaluate, format_summary
 from evaluation.sweep import save_points, temperature_sweep
 from ssd import report
-from ssd.config import RunConfig
+from ssd.config import ROUND_START_CONTINUE, RunConfig
 from ssd.jobs import export_samples, wait_with_progress
-from ssd.prompts import read_prompt_file, split_heldout
+from ssd.prompt_datasets import LoadedPrompts, read_prompt_dataset
+from ssd.prompts import builtin_prompts_path, split_heldout
 from ssd.state import (
     STATE_FILE,
     DiagnoseStage,
@@ -70,38 +71,48 @@ class Experiment:
         self.root = config.output_dir
         self.file = StateFile(self.root / STATE_FILE)
         self.state = self.file.state
+        self._device: str | None = None
 
     def run(self) -> Path:
         cfg = self.config
-        train_prompts, heldout_prompts = split_heldout(read_prompt_file(cfg.prompts_file), cfg.heldout_prompts,
+        train_prompts, heldout_prompts = split_heldout(load_run_prompts(cfg).prompts, cfg.heldout_prompts,
                                                        cfg.num_prompts)
         before = self.file.stage(self.state, "baseline", "round-0/eval", lambda: self._evaluate("round-0", None))
-        adapter = None
+        previous: RoundState | None = None
         for number in range(1, cfg.rounds + 1):
-            after = self._round(self.state.round(number), train_prompts, adapter)
-            adapter = after.adapter
+            rnd = self.state.round(number)
+            after = self._round(rnd, train_prompts, previous)
             self._print_comparison(before, after, number)
-            before = after
-        self._extras(heldout_prompts, adapter)
+            before, previous = after, rnd
+        self._extras(heldout_prompts)
         return report.write(self.root, self.state, cfg)
 
-    def _round(self, rnd: RoundState, prompts: list[dict], adapter: str | None) -> EvalStage:
+    def _round(self, rnd: RoundState, prompts: list[dict], previous: RoundState | None) -> EvalStage:
+        """Round r samples from round r-1's model (the base for round 1): that model is its teacher."""
         key, stage = rnd.key, self.file.stage
+        teacher = previous.push.alias if previous and previous.push else None
+        start_from = previous.train.adapter_dir if previous and previous.train else None
         sampled = stage(rnd, "sample", f"{key}/sample",
-                        lambda: self._sample(key, prompts, adapter, rnd, "sample_job_id"))
-        trained = stage(rnd, "train", f"{key}/train", lambda: self._train(key, sampled.job_id))
+                        lambda: self._sample(key, prompts, teacher, rnd, "sample_job_id"))
+        trained = stage(rnd, "train", f"{key}/train", lambda: self._train(key, sampled.job_id, start_from))
         pushed = stage(rnd, "push", f"{key}/push", lambda: self._push(trained.adapter_dir))
         return stage(rnd, "eval", f"{key}/eval", lambda: self._evaluate(key, pushed.alias))
 
-    def _extras(self, heldout_prompts: list[dict], adapter: str | None) -> None:
-        cfg, last = self.config, self.state.rounds[-1]
-        if cfg.sweep_temperatures and adapter:
-            self.file.stage(self.state, "sweep", f"{last.key}/sweep", lambda: self._sweep(last.key, adapter))
+    def _extras(self, heldout_prompts: list[dict]) -> None:
+        cfg, rounds = self.config, self.state.rounds
+        last = rounds[-1]
+        teacher = rounds[-2] if len(rounds) > 1 else None
+        if cfg.sweep_temperatures and last.push:
+            alias = last.push.alias
+            self.file.stage(self.state, "sweep", f"{last.key}/sweep", lambda: self._sweep(last.key, alias))
         if heldout_prompts and last.train:
-            held = self.file.stage(self.state, "heldout", f"{last.key}/heldout",
-                                   lambda: self._sample(last.key, heldout_prompts, None, self.state, "heldout_job_id"))
+            # Held-out samples come from the last round's teacher at its T_train and truncation, as
+            # its training samples did (docs/diagnostics.md).
+            teacher_alias = teacher.push.alias if teacher and teacher.push else None
+            held = self.file.stage(self.state, "heldout", f"{last.key}/heldout", lambda: self._sample(
+                last.key, heldout_prompts, teacher_alias, self.state, "heldout_job_id"))
             self.file.stage(self.state, "diagnose", f"{last.key}/diagnose",
-                            lambda: self._diagnose(last, held.samples_file))
+                            lambda: self._diagnose(last, teacher, held.samples_file))
 
     # -- stages ------------------------------------------------------------------------------
     def _sample(self, key: str, prompts: list[dict], adapter: str | None, owner: Any, id_field: str) -> SampleStage:
@@ -124,13 +135,15 @@ class Experiment:
         return SampleStage(job_id=job_id, samples_file=str(samples_file), exported=exported,
                            **{k: job[k] for k in SAMPLE_STAT_FIELDS})
 
-    def _train(self, key: str, job_id: str) -> TrainStage:
+    def _train(self, key: str, job_id: str, previous_adapter: str | None) -> TrainStage:
         cfg = self.config
         out = self.root / key / "train"
         values = load_yaml(cfg.train_config) | {
             "model": cfg.model, "sampler_url": self.sampler.base_url, "job_id": job_id, "output_dir": str(out),
             "lora_rank": cfg.lora_rank, "lr": cfg.lr, "epochs": cfg.epochs, "max_seq_len": cfg.max_seq_len,
             "resume": True, "push": False}
+        if cfg.round_start == ROUND_START_CONTINUE and previous_adapter:
+            values["init_adapter"] = previous_adapter
         TrainConfig(**values)  # fail here, with the field named, rather than in the child process
         out.mkdir(parents=True, exist_ok=True)
         config_path = out / "train.yaml"
@@ -151,10 +164,21 @@ class Experiment:
         cfg = self.config
         config = EvalConfig(
             benchmark=cfg.benchmark, benchmark_path=cfg.benchmark_path, limit=cfg.eval_limit, n=cfg.eval_n,
+            date_from=cfg.eval_date_from, date_to=cfg.eval_date_to, repeat_seeds=self._repeat_seeds(),
             t_eval=cfg.t_eval, top_k=cfg.top_k, top_p=cfg.top_p, max_tokens=cfg.eval_max_tokens,
             adapter=adapter, ks=[k for k in (1, 5, 10) if k <= cfg.eval_n], workers=cfg.eval_workers,
             output_dir=str(self.root / key), run_name="eval", sampler_url=self.sampler.base_url)
         return dataclasses.replace(config, **changes)
+
+    def _repeat_seeds(self) -> bool:
+        """ml-ssd seeds repeat i with i; the CPU engine refuses per-request seeds, so `auto` asks
+        the service which device it runs on."""
+        choice = self.config.eval_repeat_seeds
+        if choice != "auto":
+            return choice == "true"
+        if self._device is None:
+            self._device = str(self.sampler.health().get("device", "cpu"))
+        return self._device != "cpu" and self.config.eval_n > 1
 
     def _evaluate(self, key: str, adapter: str | None) -> EvalStage:
         result = evaluate(self.sampler, self._eval_config(key, adapter))
@@ -168,16 +192,22 @@ class Experiment:
                                    t_train=cfg.t_train)
         return SweepStage(sweep_file=str(save_points(points, self.root / key / "sweep")))
 
-    def _diagnose(self, last: RoundState, samples_file: str) -> DiagnoseStage:
+    def _diagnose(self, last: RoundState, teacher: RoundState | None, samples_file: str) -> DiagnoseStage:
         from diagnostics import diagnose, write_report_section  # torch: only when diagnosing
+        from diagnostics.positions import load_adapted_lm
 
         assert last.train is not None
         samples = [s for s in read_jsonl(samples_file) if s.get("kept", True)]
         cfg = self.config
-        # Each round trains a fresh adapter on the base model, so base vs the last adapter is the
-        # whole effect of the run. S, the truncation support, is the one the samples were drawn with.
-        result = diagnose(samples, base_model=resolve_model(cfg.model), adapter=last.train.adapter_dir,
-                          t_eval=cfg.t_eval, t_train=cfg.t_train, top_k=cfg.top_k, top_p=cfg.top_p)
+        base = resolve_model(cfg.model)
+        # The comparison is the last round's teacher (the base in round 1, round r-1's model later)
+        # against the last round's model. S, the truncation support, is the one its samples had.
+        models: dict[str, Any] = {"base_model": base, "adapter": last.train.adapter_dir}
+        if teacher is not None and teacher.train is not None:
+            models = {"base_model": load_adapted_lm(base, teacher.train.adapter_dir),
+                      "ssd_model": load_adapted_lm(base, last.train.adapter_dir), "tokenizer": _tokenizer(base)}
+        result = diagnose(samples, **models, t_eval=cfg.t_eval, t_train=cfg.t_train, top_k=cfg.top_k,
+                          top_p=cfg.top_p)
         folder = self.root / last.key / "diagnostics"
         section = write_report_section(result, folder, relative_to=self.root)
         path = folder / "section.md"
@@ -187,7 +217,18 @@ class Experiment:
     def _print_comparison(self, before: EvalStage, after: EvalStage, number: int) -> None:
         print(f"\nSSD round {number}: {before.adapter or 'base'} -> {after.adapter} "
               f"at T_eval={self.config.t_eval:g}")
-        print("\n".join(report.comparison_table(before.scores, after.scores)) + "\n")
+        print("\n".join(report.comparison_table(before.scores, after.scores)))
+        print(report.paired_section(before, after) + "\n")
+
+
+def load_run_prompts(config: RunConfig) -> LoadedPrompts:
+    return read_prompt_dataset(config.prompt_data(), default_file=builtin_prompts_path())
+
+
+def _tokenizer(model_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
 
 
 def run_experiment(config: RunConfig, api_key: str | None = None) -> Path:

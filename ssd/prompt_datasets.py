@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, help_meta, require
+from ssd.prompts import PromptFileError, prompt_item
 
 FORMAT_AUTO = "auto"
 FORMAT_JSONL = "jsonl"
@@ -219,18 +220,10 @@ def _rstar_prompts(rows: list[dict[str, Any]], stdin_t: str, function_t: str) ->
 
 
 def _jsonl_prompts(rows: list[dict[str, Any]], path: Path) -> list[dict]:
-    prompts = []
-    for index, row in enumerate(rows):
-        messages = row.get("messages")
-        if not messages:
-            prompt = row.get("prompt")
-            require(isinstance(prompt, str) and bool(prompt.strip()),
-                    f"{path} row {index + 1}: needs a non-empty `prompt` or `messages`")
-            messages = [{"role": "user", "content": prompt}]
-        pid = row.get("id")
-        prompts.append({"id": str(pid) if pid not in (None, "") else f"prompt-{index}",
-                        "messages": [{"role": m["role"], "content": m["content"]} for m in messages]})
-    return prompts
+    try:
+        return [prompt_item(row, index + 1) for index, row in enumerate(rows)]
+    except PromptFileError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 # -- selection ---------------------------------------------------------------------------------

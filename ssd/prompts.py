@@ -21,22 +21,30 @@ class PromptFileError(SSDError):
 
 
 def prompt_item(row: dict[str, Any], line: int, *, chat: bool = True) -> dict[str, Any]:
-    """One job prompt (`{"id", "messages"}` or `{"id", "prompt"}`) from one file row."""
-    item: dict[str, Any] = {"id": str(row.get("id", line))}
-    if "messages" in row:
-        item["messages"] = row["messages"]
-    elif "prompt" not in row:
-        raise PromptFileError(f"line {line}: needs a `prompt` or `messages` field, got {sorted(row)}")
+    """One job prompt (`{"id", "messages"}` or `{"id", "prompt"}`) from one file row. Columnar
+    readers fill a missing field with None, so None counts as absent."""
+    pid = row.get("id")
+    item: dict[str, Any] = {"id": str(pid) if pid not in (None, "") else f"prompt-{line}"}
+    messages, prompt = row.get("messages"), row.get("prompt")
+    if messages:
+        item["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
+    elif not isinstance(prompt, str) or not prompt.strip():
+        raise PromptFileError(f"line {line}: needs a non-empty `prompt` or `messages`")
     elif chat:
-        item["messages"] = [{"role": "user", "content": row["prompt"]}]
+        item["messages"] = [{"role": "user", "content": prompt}]
     else:
-        item["prompt"] = row["prompt"]
+        item["prompt"] = prompt
     return item
+
+
+def builtin_prompts_path() -> Path:
+    """The built-in demo prompt set (398 short Python tasks, none from HumanEval)."""
+    return Path(str(resources.files("ssd.data").joinpath(BUILTIN_PROMPTS)))
 
 
 def read_prompt_file(path: Path | None, *, chat: bool = True) -> list[dict[str, Any]]:
     """Every prompt of a JSONL file, in file order; `None` reads the built-in demo set."""
-    source = Path(path) if path is not None else resources.files("ssd.data").joinpath(BUILTIN_PROMPTS)
+    source = Path(path) if path is not None else builtin_prompts_path()
     if not source.is_file():
         raise PromptFileError(f"prompt file not found: {source}")
     return [prompt_item(row, line, chat=chat) for line, row in enumerate(iter_jsonl(source), start=1)]  # type: ignore[arg-type]

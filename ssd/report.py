@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from common.jsonl import read_jsonl
 from common.plots import pyplot, save_figure
+from evaluation.metrics import PairedComparison, compare_runs, paired_markdown
 from evaluation.report import best_points, plot_metric
 from evaluation.sweep import load_points
-from ssd.state import RunState
+from ssd.state import EvalStage, RunState
 
 if TYPE_CHECKING:
     from ssd.config import RunConfig
@@ -84,6 +85,28 @@ def plot_loss(metrics_by_round: dict[str, list[dict]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def paired_section(before: EvalStage, after: EvalStage) -> str:
+    """The verdict: the same problems before and after, compared problem by problem."""
+    comparison = compare_runs(before.run_dir, after.run_dir)
+    return "\n".join(["", paired_markdown(comparison, before.adapter or "base", after.adapter or "base"), "",
+                      verdict(comparison)])
+
+
+def verdict(c: PairedComparison) -> str:
+    """One sentence that reads the paired test, not the overlap of two intervals."""
+    p = min(c.sign_test_p, c.permutation_p)
+    change = f"{100 * c.difference:+.1f} points of pass@1 on {c.num_problems} problems"
+    if c.improved + c.worsened == 0:
+        return f"No problem changed its pass rate ({change}); the run cannot tell the two models apart."
+    if p < c.alpha:
+        direction = "better" if c.difference > 0 else "worse"
+        return (f"The paired change is {change}, significant at α {c.alpha:g} (p {p:.2g}): "
+                f"the second model is {direction} on these problems.")
+    return (f"The paired change is {change} (p {p:.2g}), not significant at α {c.alpha:g}. This run could "
+            f"only detect a change of about {100 * c.mde:.1f} points (power {c.power:g}); a smaller effect, "
+            "if there is one, needs more problems or more repeats.")
+
+
 def _results_section(state: RunState, config: RunConfig) -> list[str]:
     lines = ["## Results", "", f"pass@k on {config.benchmark} at T_eval = {config.t_eval:g} "
              f"(top_k {config.top_k}, top_p {config.top_p}), 95% bootstrap CIs over problems.", ""]
@@ -92,7 +115,8 @@ def _results_section(state: RunState, config: RunConfig) -> list[str]:
         assert rnd.eval is not None
         if previous is not None:
             lines += [f"### {rnd.key}: {previous.adapter or 'base'} → {rnd.eval.adapter}", "",
-                      *comparison_table(previous.scores, rnd.eval.scores), ""]
+                      *comparison_table(previous.scores, rnd.eval.scores), "",
+                      "Paired, problem by problem (the before/after verdict):", paired_section(previous, rnd.eval), ""]
         previous = rnd.eval
     return lines
 

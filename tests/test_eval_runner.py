@@ -162,3 +162,12 @@ def test_code_extraction_option_reaches_the_checker(tmp_path):
 def test_config_refuses_unknown_grading_rules(field_name, value):
     with pytest.raises(ValueError, match=field_name):
         EvalConfig(**{field_name: value})
+
+
+def test_repeat_seeds_send_repeat_i_with_seed_i(tmp_path):
+    sampler = FakeSampler()
+    result = evaluate(sampler, _config(tmp_path, limit=2, n=3, ks=[1], repeat_seeds=True, run_name="seeded"))
+    assert [(r["n"], r["seed"]) for r in sampler.requests] == [(1, 0), (1, 1), (1, 2)]
+    rows = [json.loads(line) for line in (result.output_dir / "samples.jsonl").read_text().splitlines()]
+    assert sorted((r["problem_id"], r["sample_index"]) for r in rows) == sorted(
+        (p, i) for p in {r["problem_id"] for r in rows} for i in range(3))

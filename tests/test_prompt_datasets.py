@@ -131,7 +131,7 @@ def test_generic_jsonl_prompts_and_messages(tmp_path):
 
 
 def test_the_bundled_demo_prompts_load_as_generic_jsonl():
-    demo = Path(__file__).resolve().parent.parent / "client" / "data" / "demo_prompts.jsonl"
+    demo = Path(__file__).resolve().parent.parent / "ssd" / "data" / "demo_prompts.jsonl"
     if not demo.exists():                                   # the application package may have moved it
         demo = Path(__file__).resolve().parent.parent / "ssd" / "data" / "demo_prompts.jsonl"
     rows = [json.loads(line) for line in demo.read_text().splitlines() if line.strip()]
