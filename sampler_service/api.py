@@ -195,6 +195,7 @@ def _health_routes(app: FastAPI, state: ServiceState) -> None:
         or `dead` otherwise."""
         if engine.ready:
             return JSONResponse({"status": "ok", "model": state.model_name, "model_path": state.model_path,
+                                 "device": "cpu" if engine.is_cpu else "gpu", "max_model_len": engine.max_model_len,
                                  "uptime_s": round(time.time() - state.started_at, 1)})
         status = "dead" if engine.dead or engine.startup_error else "loading"
         return JSONResponse({"status": status, "model": state.model_name, "error": engine.startup_error},

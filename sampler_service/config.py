@@ -31,7 +31,8 @@ class ServiceConfig:
     data_dir: Path = field(default=Path(".ssd/service"),
                            metadata=help_meta("durable store (SQLite) and uploaded adapters live here"))
     dtype: str = field(default="auto", metadata=help_meta("auto = float32 on CPU, bfloat16 on GPU"))
-    max_model_len: int = field(default=2048, metadata=help_meta("context length the engine reserves"))
+    max_model_len: int = field(default=0, metadata=help_meta(
+        "context length the engine reserves; 0 = the model's own, capped on the CPU by what the KV cache holds"))
     enforce_eager: bool = field(default=True, metadata=help_meta(
         "skip torch.compile warm-up (~45 s vs ~140 s start on CPU)"))
     enable_lora: bool = field(default=True, metadata=help_meta("serve LoRA adapters"))
@@ -53,7 +54,8 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
-        for name in ("port", "max_model_len", "max_loras", "max_lora_rank", "max_cpu_loras",
+        check_range("max_model_len", self.max_model_len, 0, MAX_COUNT)
+        for name in ("port", "max_loras", "max_lora_rank", "max_cpu_loras",
                      "max_num_seqs", "max_n", "max_queue", "max_body_bytes", "max_adapter_bytes",
                      "job_concurrency"):
             check_range(name, getattr(self, name), 1, MAX_COUNT)
