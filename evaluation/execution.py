@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from evaluation.benchmarks.base import Problem
 from evaluation.prompts import extract_code, humaneval_program
 from evaluation.sandbox import (MAX_WALL_S, MAX_WORKERS, STARTUP_SLACK_S, ProcessOutcome, SandboxLimits,
-                                run_sandboxed)
+                                ensure_isolation, isolation_level, run_sandboxed)
 
 # LiveCodeBench prepends these imports to every program; the same here, so problems that assume them
 # (e.g. `List` in LeetCode signatures) behave as in LCB.
@@ -43,6 +43,7 @@ class CheckResult:
     status: str          # 'passed' | 'failed' | 'timeout' | 'error' | 'blocked'
     reason: str
     duration_s: float
+    isolation: str = ""  # the sandbox's isolation level: 'bubblewrap', 'namespaces' or 'none'
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +51,8 @@ class CheckResult:
 
 def _from_outcome(outcome: ProcessOutcome, duration_s: float) -> CheckResult:
     status = outcome.status if outcome.status in ("passed", "failed", "timeout", "error", "blocked") else "error"
-    return CheckResult(status == "passed", status, outcome.reason[:MAX_REASON_CHARS], round(duration_s, 4))
+    return CheckResult(status == "passed", status, outcome.reason[:MAX_REASON_CHARS], round(duration_s, 4),
+                       outcome.isolation)
 
 
 def _tokens_equal(got: str, expected: str) -> bool:
@@ -120,6 +122,12 @@ def _check_stdin(problem: Problem, code: str, limits: SandboxLimits, use_header:
 def check_answer(problem: Problem, completion: str, limits: SandboxLimits = SandboxLimits(),
                  use_header: bool = False) -> CheckResult:
     """Run one model answer (raw text, fenced or not) against `problem`'s tests in the sandbox."""
+    result = _check(problem, completion, limits, use_header)
+    result.isolation = result.isolation or isolation_level()   # also when no program had to run
+    return result
+
+
+def _check(problem: Problem, completion: str, limits: SandboxLimits, use_header: bool) -> CheckResult:
     if problem.check_code is not None:
         return _check_assertions(problem, completion, limits, use_header)
     code = extract_code(completion)
@@ -137,6 +145,7 @@ def check_many(items: Iterable[tuple[Problem, str]], *, limits: SandboxLimits = 
                on_done: Callable[[int, CheckResult], None] | None = None) -> list[CheckResult]:
     """Check (problem, answer) pairs with at most `workers` sandboxes at once; results keep input order."""
     items = list(items)
+    ensure_isolation(limits)       # refuse (require_isolation) or warn before any program runs
     workers = max(1, min(workers, MAX_WORKERS))
     results: list[CheckResult | None] = [None] * len(items)
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -21,7 +21,7 @@ from common.config import to_dict
 from evaluation.benchmarks import Benchmark, Problem, get_benchmark
 from evaluation.execution import CheckResult, check_answer
 from evaluation.metrics import DEFAULT_KS, Scores, score, write_results
-from evaluation.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MAX_WORKERS, SandboxLimits
+from evaluation.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MAX_WORKERS, SandboxLimits, ensure_isolation
 
 MAX_N = 64                 # the service's default max_n
 MAX_BATCH_PROBLEMS = 64
@@ -54,6 +54,7 @@ class EvalConfig:
     timeout_s: float = field(default=DEFAULT_TIMEOUT_S, metadata={"help": "sandbox timeout per test"})
     memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata={"help": "sandbox address-space limit"})
     workers: int = field(default=2, metadata={"help": "sandboxes run in parallel"})
+    require_isolation: bool = field(default=False, metadata={"help": "fail instead of falling back without bubblewrap"})
     # The engine only batches what is in flight: 64 problems per request keeps vLLM's continuous
     # batching full (8 per request made a HumanEval run on the CPU about 4x slower).
     batch_size: int = field(default=MAX_BATCH_PROBLEMS, metadata={"help": "problems per sampling request"})
@@ -80,7 +81,8 @@ class EvalConfig:
         return re.sub(r"[^A-Za-z0-9_.@=-]+", "_", name)
 
     def sandbox_limits(self) -> SandboxLimits:
-        return SandboxLimits(timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+        return SandboxLimits(timeout_s=self.timeout_s, memory_mb=self.memory_mb,
+                             require_isolation=self.require_isolation)
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -188,6 +190,7 @@ def evaluate(client: Sampler, config: EvalConfig) -> EvalResult:
     problems = benchmark.problems(limit=config.limit, ids=config.problems, difficulty=config.difficulty)
     if not problems:
         raise ValueError(f"no {config.benchmark} problems match the selection")
+    isolation = ensure_isolation(config.sandbox_limits())   # before generating: --require-isolation fails fast
     run = _Run(config, benchmark, total=len(problems) * config.n)
     try:
         with ThreadPoolExecutor(max_workers=config.workers) as pool:
@@ -199,7 +202,7 @@ def evaluate(client: Sampler, config: EvalConfig) -> EvalResult:
     elapsed = time.monotonic() - started
     out_dir = Path(config.output_dir) / config.resolved_run_name()
     summary = {"config": to_dict(config), "served_adapter": run.served_adapter, "usage": run.usage,
-               "elapsed_s": round(elapsed, 2), "num_problems": len(problems)}
+               "elapsed_s": round(elapsed, 2), "num_problems": len(problems), "isolation": isolation}
     write_results(out_dir, rows, scores, summary)
     return EvalResult(config, scores, out_dir, elapsed, run.served_adapter, run.usage)
 
