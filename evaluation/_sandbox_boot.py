@@ -485,7 +485,7 @@ def _read(path, limit, tail=False):
 
 
 def handle(request):
-    spec, limit = request["spec"], request["spec"]["limits"]["fsize_bytes"]
+    spec, limit = request["spec"], request["max_output_bytes"]
     with open(_io_path("stdin"), "w", encoding="utf-8") as handle_in:
         handle_in.write(request.get("stdin", ""))
     started = time.monotonic()

@@ -231,13 +231,14 @@ def _denied_roots() -> list[str]:
 
 
 def _spec(payload: dict[str, Any], sandbox_dir: str, limits: SandboxLimits, wall_s: float) -> dict[str, Any]:
+    # RLIMIT_FSIZE one byte above the output cap: a program that reached the cap reads as truncated.
     nproc = _user_task_count() + limits.extra_processes
     return payload | {
         "sandbox_dir": sandbox_dir, "control_path": os.path.join(sandbox_dir, f".control-{secrets.token_hex(8)}"),
         "nonce": secrets.token_hex(16), "allow_read": _read_only_roots(), "deny_read": _denied_roots(),
         "per_test_timeout_s": limits.timeout_s, "site_packages": _site_packages(),
         "limits": {"cpu_s": int(wall_s) + CPU_SLACK_S, "memory_bytes": limits.memory_mb * 1024 ** 2,
-                   "fsize_bytes": limits.max_output_bytes, "nofile": limits.max_open_files, "nproc": nproc},
+                   "fsize_bytes": limits.max_output_bytes + 1, "nofile": limits.max_open_files, "nproc": nproc},
     }
 
 
@@ -444,7 +445,7 @@ def _run_in_worker(payload: dict[str, Any], stdin: str, limits: SandboxLimits, w
     spec = _spec(payload, boot.WORK_DIR, limits, wall_s) | {
         "control_path": f"{boot.IO_DIR}/control", "site_packages": list(site_paths),
         "allow_read": sorted({target for _, target in _runtime_binds()[0]})}
-    request = {"spec": spec, "stdin": stdin, "wall_s": wall_s}
+    request = {"spec": spec, "stdin": stdin, "wall_s": wall_s, "max_output_bytes": limits.max_output_bytes}
     worker = pool.acquire()
     reply = worker.run(request, wall_s)
     if reply == _GONE:                  # it died before this program was sent: one fresh worker, once
