@@ -315,8 +315,19 @@ def _seccomp_fd() -> int | None:
 
 
 # bwrap --die-with-parent uses PR_SET_PDEATHSIG, which fires when the *thread* that started it ends:
-# workers are started from this one long-lived thread, never from a short-lived pool thread.
-_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssd-sandbox-spawner")
+# workers are started from one long-lived thread, never from a short-lived pool thread. One per
+# process: a forked evaluator gets its own thread (threads do not survive fork) and its own workers.
+_spawners: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[int, int, int], "_Pool"] = {}
+_pools_lock = threading.Lock()
+
+
+def _spawner() -> ThreadPoolExecutor:
+    pid = os.getpid()
+    with _pools_lock:
+        if pid not in _spawners:
+            _spawners[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssd-sandbox-spawner")
+        return _spawners[pid]
 
 
 def _spawn(command: list[str], seccomp_fd: int | None) -> subprocess.Popen:
@@ -344,7 +355,7 @@ class _Worker:
         if bwrap is None:
             raise WorkerDied(_fallback_reason())
         command = _bwrap_command(bwrap, tmpfs_bytes, io_bytes, seccomp_fd := _seccomp_fd())
-        self.proc = _SPAWNER.submit(_spawn, command, seccomp_fd).result()
+        self.proc = _spawner().submit(_spawn, command, seccomp_fd).result()
         self.chunks: list[bytes] = []
         self.programs = 0
         ready = self._read(time.monotonic() + WORKER_START_TIMEOUT_S)
@@ -418,23 +429,20 @@ class _Pool:
             worker.close()
 
 
-_pools: dict[tuple[int, int], _Pool] = {}
-_pools_lock = threading.Lock()
-
-
 def _pool_for(limits: SandboxLimits) -> _Pool:
-    key = (DEFAULT_TMPFS_MB * 1024 ** 2, 2 * limits.max_output_bytes + IO_SLACK_BYTES)
+    # Keyed by pid too: a forked evaluator must not talk to its parent's workers over shared pipes.
+    sizes = (DEFAULT_TMPFS_MB * 1024 ** 2, 2 * limits.max_output_bytes + IO_SLACK_BYTES)
     with _pools_lock:
-        if key not in _pools:
-            _pools[key] = _Pool(*key)
-        return _pools[key]
+        if (os.getpid(), *sizes) not in _pools:
+            _pools[(os.getpid(), *sizes)] = _Pool(*sizes)
+        return _pools[(os.getpid(), *sizes)]
 
 
 @atexit.register
 def close_workers() -> None:
-    """Stop every idle worker (they would die with this process anyway)."""
+    """Stop this process's idle workers (they would die with it anyway)."""
     with _pools_lock:
-        pools = list(_pools.values())
+        pools = [pool for key, pool in _pools.items() if key[0] == os.getpid()]
     for pool in pools:
         pool.close()
 

@@ -334,3 +334,19 @@ def test_cost_per_program_does_not_grow():
     for _ in range(300):
         _run("x = [0] * 100000\nprint(6)", bypass=False)
     assert worker_rss_kib() <= early + 4096
+
+
+def test_a_forked_evaluator_gets_its_own_workers():
+    assert _check("print(6)", bypass=False).passed          # the parent has a warm worker
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = _check("print(6)", bypass=False).passed and _check("print(7)", bypass=False).status == "failed"
+            os.write(write_end, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    assert os.read(read_end, 1) == b"1"
+    os.waitpid(pid, 0)
+    assert _check("print(6)", bypass=False).passed          # and the parent's pool still works
