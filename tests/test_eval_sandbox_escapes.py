@@ -294,7 +294,8 @@ def test_what_the_program_sees():
             print("tmpfs full after", written, "MiB:", exc.errno)
     """
     lines = _run(code).stdout.splitlines()
-    assert set(ast.literal_eval(lines[0])) <= {"usr", "lib", "lib64", "lib32", "opt", "root", "proc", "dev", "tmp", "io"}
+    visible = {"usr", "lib", "lib64", "lib32", "opt", "root", "proc", "dev", "tmp", "io"}
+    assert set(ast.literal_eval(lines[0])) <= visible
     uid, pids = lines[1].split(" ", 1)
     assert uid == "65534" and len(ast.literal_eval(pids)) <= 3      # bubblewrap's init, the worker, the program
     # /root holds at most the way down to the interpreter (a pyenv install), nothing of the user's home.
