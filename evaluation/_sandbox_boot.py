@@ -452,25 +452,19 @@ def _sweep():
 
 
 def _wipe(root):
-    """Empty a tmpfs mount; False when something stayed (the worker is then replaced)."""
+    """Empty a tmpfs mount; False when something stayed (e.g. a directory the program made
+    unreadable): the evaluator then replaces the whole worker, and with it the mount."""
     import shutil
     for entry in os.listdir(root):
         path = os.path.join(root, entry)
         try:
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, onerror=_chmod_and_retry)
+                shutil.rmtree(path)
             else:
                 os.unlink(path)
         except OSError:
             pass
     return not os.listdir(root)
-
-
-def _chmod_and_retry(function, path, _):
-    os.chmod(os.path.dirname(path), 0o700)
-    if os.path.isdir(path) and not os.path.islink(path):
-        os.chmod(path, 0o700)
-    function(path)
 
 
 def _read(path, limit, tail=False):

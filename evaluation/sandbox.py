@@ -345,6 +345,7 @@ class WorkerDied(RuntimeError):
 
 
 _GONE = "the sandbox worker was gone before the program was sent"
+_DIED = "the sandbox worker died"
 
 
 class _Worker:
@@ -372,7 +373,7 @@ class _Worker:
                 return "the sandbox worker stopped answering"
             chunk = os.read(fd, 1 << 20)
             if not chunk:
-                return "the sandbox worker died"
+                return _DIED
             self.chunks.append(chunk)
         data = b"".join(self.chunks)
         line, rest = data.split(b"\n", 1)
@@ -448,28 +449,36 @@ def close_workers() -> None:
 
 
 def _run_in_worker(payload: dict[str, Any], stdin: str, limits: SandboxLimits, wall_s: float) -> ProcessOutcome:
-    pool = _pool_for(limits)
-    _, site_paths = _runtime_binds()
+    binds, site_paths = _runtime_binds()
     spec = _spec(payload, boot.WORK_DIR, limits, wall_s) | {
         "control_path": f"{boot.IO_DIR}/control", "site_packages": list(site_paths),
-        "allow_read": sorted({target for _, target in _runtime_binds()[0]})}
+        "allow_read": sorted({target for _, target in binds})}
     request = {"spec": spec, "stdin": stdin, "wall_s": wall_s, "max_output_bytes": limits.max_output_bytes}
+    outcome = _reply_outcome(_exchange(_pool_for(limits), request, wall_s), spec["nonce"])
+    outcome.isolation = BUBBLEWRAP
+    return outcome
+
+
+def _exchange(pool: _Pool, request: dict[str, Any], wall_s: float) -> dict[str, Any] | str:
     worker = pool.acquire()
     reply = worker.run(request, wall_s)
-    if reply == _GONE:                  # it died before this program was sent: one fresh worker, once
+    if reply in (_GONE, _DIED):
+        # An idle worker may have died unseen (the pipe takes a moment to close), so one fresh worker
+        # gets one more try. A program that kills its worker (none can under seccomp) would run twice.
         worker.close()
         worker = pool.acquire()
         reply = worker.run(request, wall_s)
     pool.release(worker, healthy=isinstance(reply, dict) and reply.get("clean") is True)
+    return reply
+
+
+def _reply_outcome(reply: dict[str, Any] | str, nonce: str) -> ProcessOutcome:
     if isinstance(reply, str):
-        return ProcessOutcome(status="error", reason=f"{reply}; it was replaced", isolation=BUBBLEWRAP)
+        return ProcessOutcome(status="error", reason=f"{reply}; it was replaced")
     if "error" in reply:
-        return ProcessOutcome(status="error", reason=f"sandbox: {reply['error']}", isolation=BUBBLEWRAP)
-    records = _parse_records(reply["control"], spec["nonce"])
-    outcome = _outcome(reply["returncode"], reply["timed_out"], reply["duration_s"], reply["stdout"],
-                       reply["stdout_truncated"], reply["stderr_tail"], records)
-    outcome.isolation = BUBBLEWRAP
-    return outcome
+        return ProcessOutcome(status="error", reason=f"sandbox: {reply['error']}")
+    return _outcome(reply["returncode"], reply["timed_out"], reply["duration_s"], reply["stdout"],
+                    reply["stdout_truncated"], reply["stderr_tail"], _parse_records(reply["control"], nonce))
 
 
 def _kill_group(pgid: int) -> None:

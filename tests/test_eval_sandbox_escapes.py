@@ -78,16 +78,22 @@ def _descendants() -> dict[int, tuple[int, str]]:
     return below
 
 
+def _is_bwrap(cmdline: str) -> bool:
+    return cmdline.startswith(("bwrap ", f"{sandbox.bwrap_path()} "))
+
+
+def _worker_interpreters() -> set[int]:
+    """The pool's `--serve` interpreters (bubblewrap's own command lines mention `--serve` too)."""
+    return {pid for pid, (_, cmdline) in _descendants().items() if "--serve" in cmdline and not _is_bwrap(cmdline)}
+
+
 def _stray_processes() -> list[str]:
     """Anything below us that is not a pool worker: bwrap, its init, and the `--serve` interpreter
     whose parent is bwrap's init. A program's leftover would be a `--serve` fork under the worker."""
     procs = _descendants()
     strays = []
     for pid, (ppid, cmdline) in procs.items():
-        parent = procs.get(ppid, (0, ""))[1]
-        if cmdline.startswith(("bwrap ", sandbox.bwrap_path() or "bwrap")):
-            continue
-        if "--serve" in cmdline and parent.startswith(("bwrap ", sandbox.bwrap_path() or "bwrap")):
+        if _is_bwrap(cmdline) or ("--serve" in cmdline and _is_bwrap(procs.get(ppid, (0, ""))[1])):
             continue
         strays.append(f"{pid}: {cmdline}")
     return strays
@@ -324,9 +330,7 @@ def test_seccomp_refuses_kernel_interfaces():
 def test_cost_per_program_does_not_grow():
     # The same worker runs every program: its memory must not grow with the number of programs.
     def worker_rss_kib() -> int:
-        procs = _descendants()
-        serving = [pid for pid, (_, cmdline) in procs.items() if "--serve" in cmdline]
-        return sum(int(line.split()[1]) for pid in serving
+        return sum(int(line.split()[1]) for pid in _worker_interpreters()
                    for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS"))
     sandbox.close_workers()
     for _ in range(20):
@@ -351,3 +355,23 @@ def test_a_forked_evaluator_gets_its_own_workers():
     assert os.read(read_end, 1) == b"1"
     os.waitpid(pid, 0)
     assert _check("print(6)", bypass=False).passed          # and the parent's pool still works
+
+
+def test_a_directory_the_worker_cannot_empty_gets_the_worker_replaced():
+    sandbox.close_workers()
+    assert _check("print(6)", bypass=False).passed
+    (only_worker,) = _worker_interpreters()
+    code = "import os\nos.makedirs('locked/inner')\nopen('locked/inner/f', 'w').write('x')\nos.chmod('locked', 0)\n"
+    _assert_contained(_check(code, bypass=False), reason="wrong answer")
+    assert only_worker not in _worker_interpreters()                      # replaced, and its tmpfs with it
+    leftovers = _run("import os\nprint(sorted(os.listdir('.')))\n", bypass=False)
+    assert leftovers.stdout.strip() == "[]"
+
+
+def test_a_worker_that_died_while_idle_is_replaced():
+    sandbox.close_workers()
+    assert _check("print(6)", bypass=False).passed
+    (only_worker,) = _worker_interpreters()
+    os.kill(only_worker, 9)
+    assert _check("print(6)", bypass=False).passed
+    assert _stray_processes() == []
