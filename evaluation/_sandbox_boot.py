@@ -251,7 +251,7 @@ def _join_program_threads():
 # ---------------------------------------------------------------------------------------------------
 # seccomp: a tiny classic-BPF assembler, so that no library is needed inside or outside the sandbox.
 # The evaluator builds the sandbox-wide filter with `seccomp_filter(SANDBOX_DENIED)` and hands it to
-# bubblewrap (`--seccomp FD`); each program's process adds `program_filter()` on top of it.
+# bubblewrap (`--seccomp FD`); each program's process adds `PROGRAM_FILTER_DENIED` on top of it.
 
 _ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}      # AUDIT_ARCH_*
 _NR = {
@@ -421,16 +421,17 @@ def _child(spec):
 
 
 def _wait(pid, wall_s):
-    """Wait for `pid` at most `wall_s` seconds; (returncode, timed_out)."""
-    timed_out = False
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    if pidfd is not None:
+    """Wait for `pid` at most `wall_s` seconds, then SIGKILL it; (returncode, timed_out)."""
+    if hasattr(os, "pidfd_open"):
         import select
+        pidfd = os.pidfd_open(pid)
         timed_out = not select.select([pidfd], [], [], wall_s)[0]
         os.close(pidfd)
+    else:                               # before Linux 5.3 / Python 3.9: poll
+        deadline = time.monotonic() + wall_s
+        while not (timed_out := time.monotonic() > deadline) and os.waitid(
+                os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            time.sleep(0.002)
     if timed_out:
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)

@@ -223,3 +223,19 @@ def test_evaluation_records_isolation_and_require_isolation_fails_fast(tmp_path,
         with pytest.raises(IsolationUnavailable):
             evaluate(sampler, strict)
         assert len(sampler.requests) == before and not (tmp_path / "strict").exists()   # nothing generated
+
+
+@pytest.mark.parametrize("isolation", ["fallback"], indirect=True)
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_the_workers_wall_clock(monkeypatch, isolation, pidfd):
+    # The worker's own timer, with pidfd_open and with the polling fallback for older kernels.
+    from evaluation import _sandbox_boot
+    if not pidfd:
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    for sleep_s, expected in ((0.0, (3, False)), (5.0, (-9, True))):
+        pid = os.fork()
+        if pid == 0:
+            import time
+            time.sleep(sleep_s)
+            os._exit(3)
+        assert _sandbox_boot._wait(pid, 0.5) == expected
