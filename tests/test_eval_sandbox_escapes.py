@@ -88,14 +88,25 @@ def _worker_interpreters() -> set[int]:
 
 
 def _stray_processes() -> list[str]:
-    """Anything below us that is not a pool worker: bwrap, its init, and the `--serve` interpreter
-    whose parent is bwrap's init. A program's leftover would be a `--serve` fork under the worker."""
+    """Sandbox processes below us that are not a pool worker (bwrap, its init, and the `--serve`
+    interpreter whose parent is bwrap's init). A program's leftover would be a fork of the worker, or
+    anything else inside a bwrap tree, or a one-shot `_sandbox_boot.py` interpreter. Other processes
+    of the test session (servers other tests started) are not ours to judge."""
     procs = _descendants()
+
+    def in_sandbox(pid: int) -> bool:
+        while pid in procs:
+            pid = procs[pid][0]
+            if _is_bwrap(procs.get(pid, (0, ""))[1]):
+                return True
+        return False
+
     strays = []
     for pid, (ppid, cmdline) in procs.items():
         if _is_bwrap(cmdline) or ("--serve" in cmdline and _is_bwrap(procs.get(ppid, (0, ""))[1])):
             continue
-        strays.append(f"{pid}: {cmdline}")
+        if in_sandbox(pid) or "_sandbox_boot" in cmdline:
+            strays.append(f"{pid}: {cmdline}")
     return strays
 
 
