@@ -214,6 +214,11 @@ def test_evaluation_records_isolation_and_require_isolation_fails_fast(tmp_path,
     rows = [json.loads(line) for line in (tmp_path / "iso" / "samples.jsonl").read_text().splitlines()]
     expected = BUBBLEWRAP if isolation == "bubblewrap" else ("namespaces" if namespaces_available() else "none")
     assert summary["isolation"] == expected and {r["isolation"] for r in rows} == {expected}
+    from evaluation.report import write_report
+    from evaluation.sweep import temperature_sweep
+    points = temperature_sweep(sampler, config, [0.5])
+    report = write_report(points, tmp_path / "study").read_text()
+    assert f"Sandbox isolation: {expected}." in report
     strict = EvalConfig(limit=2, n=1, output_dir=str(tmp_path), run_name="strict", require_isolation=True)
     if isolation == "bubblewrap":
         evaluate(sampler, strict)
