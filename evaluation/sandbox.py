@@ -283,11 +283,33 @@ def _runtime_binds() -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     return tuple(binds), tuple(site_paths)
 
 
+@lru_cache(maxsize=4)
+def _bwrap_options(bwrap: str) -> frozenset[str]:
+    """The options this bwrap knows. `--disable-userns` (0.8), `--size` and `--perms` are newer than
+    some distributions' bwrap (Ubuntu 22.04 has 0.6); without them the sandbox still starts, with
+    nested user namespaces left to seccomp (which refuses `unshare` and new processes) and tmpfs
+    mounts bounded by the kernel's default size (half the RAM) and RLIMIT_FSIZE per file."""
+    try:
+        text = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    return frozenset(word for word in text.split() if word.startswith("--"))
+
+
+def _tmpfs(options: frozenset[str], size: int, target: str) -> list[str]:
+    sized = ["--size", str(size)] if "--size" in options else []
+    private = ["--perms", "0700"] if "--perms" in options else []
+    return sized + private + ["--tmpfs", target]
+
+
 def _bwrap_command(bwrap: str, tmpfs_bytes: int, io_bytes: int, seccomp_fd: int | None) -> list[str]:
     binds, _ = _runtime_binds()
+    options = _bwrap_options(bwrap)
     command = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-               "--unshare-cgroup-try", "--disable-userns", "--die-with-parent", "--new-session",
+               "--unshare-cgroup-try", "--die-with-parent", "--new-session",
                "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox"]
+    if "--disable-userns" in options:
+        command.append("--disable-userns")
     for source, target in binds:
         command += ["--ro-bind", source, target]
     for link in LIBRARY_LINKS:
@@ -296,8 +318,7 @@ def _bwrap_command(bwrap: str, tmpfs_bytes: int, io_bytes: int, seccomp_fd: int 
         elif os.path.isdir(link):
             command += ["--ro-bind", link, link]
     command += ["--ro-bind", str(BOOT_SCRIPT), SANDBOX_BOOT, "--proc", "/proc", "--dev", "/dev",
-                "--size", str(tmpfs_bytes), "--perms", "0700", "--tmpfs", boot.WORK_DIR,
-                "--size", str(io_bytes), "--perms", "0700", "--tmpfs", boot.IO_DIR,
+                *_tmpfs(options, tmpfs_bytes, boot.WORK_DIR), *_tmpfs(options, io_bytes, boot.IO_DIR),
                 "--remount-ro", "/", "--chdir", boot.WORK_DIR]
     if seccomp_fd is not None:
         command += ["--seccomp", str(seccomp_fd)]

@@ -386,3 +386,26 @@ def test_a_worker_that_died_while_idle_is_replaced():
     os.kill(only_worker, 9)
     assert _check("print(6)", bypass=False).passed
     assert _stray_processes() == []
+
+
+def test_an_older_bwrap_without_size_perms_or_disable_userns(tmp_path, monkeypatch):
+    # Ubuntu 22.04 ships bwrap 0.6: the sandbox must still start there (a wrapper refuses the newer options).
+    real = sandbox.bwrap_path()
+    old = tmp_path / "bwrap"
+    old.write_text(f"""#!/bin/sh
+if [ "$1" = "--help" ]; then {real} --help | grep -v -e --size -e --perms -e --disable-userns; exit 0; fi
+for arg in "$@"; do
+  case "$arg" in --size|--perms|--disable-userns) echo "bwrap: Unknown option $arg" >&2; exit 1;; esac
+done
+exec {real} "$@"
+""")
+    old.chmod(0o755)
+    monkeypatch.setenv(sandbox.BWRAP_ENV, str(old))
+    sandbox.close_workers()
+    try:
+        assert isolation_level() == BUBBLEWRAP
+        assert _check("print(6)", bypass=False).passed
+        outcome = _run("import os\ntry:\n    os.fork()\nexcept OSError as exc:\n    print(exc.errno)\n")
+        assert outcome.stdout.strip() == "1"                 # seccomp still refuses new processes
+    finally:
+        sandbox.close_workers()                              # the next test gets the real bwrap's workers
