@@ -102,9 +102,12 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tup
         default = _field_default(field)
         if default is not dataclasses.MISSING:
             help_text = f"{help_text} (default: {default})".strip()
+        # A bool flag alone means true (`--require-isolation`); `--flag false` still works.
+        is_bool = _unwrap_optional(hints[field.name])[0] is bool
         parser.add_argument(
             _flag(field.name), dest=field.name, type=_converter(hints[field.name]),
             default=None, help=help_text, metavar=field.name.upper(),
+            **({"nargs": "?", "const": True} if is_bool else {}),
         )
 
 

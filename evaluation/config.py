@@ -38,6 +38,8 @@ class EvalConfig:
     timeout_s: float = field(default=DEFAULT_TIMEOUT_S, metadata=help_meta("sandbox timeout per test"))
     memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata=help_meta("sandbox address-space limit"))
     workers: int = field(default=2, metadata=help_meta("sandboxes run in parallel"))
+    require_isolation: bool = field(default=False, metadata=help_meta(
+        "fail instead of falling back to the weaker sandbox when bubblewrap is missing"))
     output_check: str = field(default=OUTPUT_CHECK_EXACT, metadata=help_meta(
         "exact (LiveCodeBench: strings, else Decimal equality) | tolerant (numbers within 1e-6)"))
     code_extraction: str = field(default=EXTRACT_LAST, metadata=help_meta(
@@ -73,4 +75,5 @@ class EvalConfig:
         return re.sub(r"[^A-Za-z0-9_.@=-]+", "_", name)
 
     def sandbox_limits(self) -> SandboxLimits:
-        return SandboxLimits(timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+        return SandboxLimits(timeout_s=self.timeout_s, memory_mb=self.memory_mb,
+                             require_isolation=self.require_isolation)

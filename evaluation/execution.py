@@ -21,7 +21,16 @@ from decimal import Decimal, InvalidOperation
 
 from evaluation.benchmarks.base import Problem
 from evaluation.prompts import EXTRACT_LAST, extract_code, humaneval_program
-from evaluation.sandbox import MAX_WALL_S, MAX_WORKERS, STARTUP_SLACK_S, ProcessOutcome, SandboxLimits, run_sandboxed
+from evaluation.sandbox import (
+    MAX_WALL_S,
+    MAX_WORKERS,
+    STARTUP_SLACK_S,
+    ProcessOutcome,
+    SandboxLimits,
+    ensure_isolation,
+    isolation_level,
+    run_sandboxed,
+)
 
 # LiveCodeBench prepends these imports to every program; the same here, so problems that assume them
 # (e.g. `List` in LeetCode signatures) behave as in LCB.
@@ -50,6 +59,7 @@ class CheckResult:
     status: str          # 'passed' | 'failed' | 'timeout' | 'error' | 'blocked'
     reason: str
     duration_s: float
+    isolation: str = ""  # the sandbox's isolation level: 'bubblewrap', 'namespaces' or 'none'
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +67,8 @@ class CheckResult:
 
 def _from_outcome(outcome: ProcessOutcome, duration_s: float) -> CheckResult:
     status = outcome.status if outcome.status in ("passed", "failed", "timeout", "error", "blocked") else "error"
-    return CheckResult(status == "passed", status, outcome.reason[:MAX_REASON_CHARS], round(duration_s, 4))
+    return CheckResult(status == "passed", status, outcome.reason[:MAX_REASON_CHARS], round(duration_s, 4),
+                       outcome.isolation)
 
 
 def _tokens_equal(got: str, expected: str) -> bool:
@@ -157,9 +168,11 @@ def _check_stdin(problem: Problem, code: str, limits: SandboxLimits, use_header:
             result.reason = f"test {index}: {result.reason}"
             return result
         if outcome.exit_code:
-            return CheckResult(False, "error", f"test {index}: exited with status {outcome.exit_code}", round(elapsed, 4))
+            return CheckResult(False, "error", f"test {index}: exited with status {outcome.exit_code}",
+                               round(elapsed, 4))
         if outcome.stdout_truncated:
-            return CheckResult(False, "failed", f"test {index}: output exceeded {limits.max_output_bytes} bytes", round(elapsed, 4))
+            return CheckResult(False, "failed", f"test {index}: output exceeded {limits.max_output_bytes} bytes",
+                               round(elapsed, 4))
         if not stdout_matches(outcome.stdout, test.output, output_check):
             return CheckResult(False, "failed", f"test {index}: wrong answer: got {outcome.stdout[:80]!r}, "
                                f"expected {test.output[:80]!r}", round(elapsed, 4))
@@ -173,6 +186,13 @@ def check_answer(problem: Problem, completion: str, limits: SandboxLimits = Sand
     code is found by `extraction` (see `extract_code`), outputs compared by `output_check`."""
     if output_check not in OUTPUT_CHECKS:
         raise ValueError(f"output_check must be one of {OUTPUT_CHECKS}, got {output_check!r}")
+    result = _check(problem, completion, limits, use_header, output_check, extraction)
+    result.isolation = result.isolation or isolation_level()   # also when no program had to run
+    return result
+
+
+def _check(problem: Problem, completion: str, limits: SandboxLimits, use_header: bool, output_check: str,
+           extraction: str) -> CheckResult:
     if problem.check_code is not None:
         return _check_assertions(problem, completion, limits, use_header, extraction)
     code = extract_code(completion, extraction)
@@ -191,6 +211,7 @@ def check_many(items: Iterable[tuple[Problem, str]], *, limits: SandboxLimits = 
                output_check: str = OUTPUT_CHECK_EXACT, extraction: str = EXTRACT_LAST) -> list[CheckResult]:
     """Check (problem, answer) pairs with at most `workers` sandboxes at once; results keep input order."""
     items = list(items)
+    ensure_isolation(limits)       # refuse (require_isolation) or warn before any program runs
     workers = max(1, min(workers, MAX_WORKERS))
     results: list[CheckResult | None] = [None] * len(items)
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -83,6 +84,15 @@ def _verdict(best: dict[str, SweepPoint], metric: str) -> list[str]:
             f"{gap:+.1f} points of {metric}.{note}"]
 
 
+def _isolation_line(points: list[SweepPoint]) -> str:
+    """The sandbox isolation level(s) the runs' answers were checked under (from each summary.json)."""
+    levels = set()
+    for point in points:
+        summary = Path(point.run_dir) / "summary.json"
+        levels.add(json.loads(summary.read_text()).get("isolation", "unknown") if summary.exists() else "unknown")
+    return f"Sandbox isolation: {', '.join(sorted(levels))}."
+
+
 def write_report(points: list[SweepPoint], out_dir: str | Path, *, title: str = "Temperature study",
                  metric: str = "pass@1") -> Path:
     out_dir = Path(out_dir)
@@ -95,7 +105,8 @@ def write_report(points: list[SweepPoint], out_dir: str | Path, *, title: str = 
              "![pass@1 vs T_eff](pass1_vs_t_eff.png)", "", f"## Best temperature per model ({metric})", "",
              "| model | best T_eval | T_eff | " + f"{metric} (95% CI) |", "|---|---|---|---|"]
     lines += [f"| {label} | {p.t_eval:g} | {p.t_eff:g} | {_fmt(p, metric)} |" for label, p in best.items()]
-    lines += ["", *_verdict(best, metric), "", "## Every point", "", *_points_table(points, metrics), ""]
+    lines += ["", *_verdict(best, metric), "", _isolation_line(points), "", "## Every point", "",
+              *_points_table(points, metrics), ""]
     path = out_dir / REPORT_FILE
     path.write_text("\n".join(lines))
     return path

@@ -21,6 +21,7 @@ from evaluation.benchmarks import Benchmark, Problem, get_benchmark
 from evaluation.config import EvalConfig
 from evaluation.execution import CheckResult, check_answer
 from evaluation.metrics import Scores, score, write_results
+from evaluation.sandbox import ensure_isolation
 
 
 class Sampler(Protocol):
@@ -142,6 +143,7 @@ def evaluate(client: Sampler, config: EvalConfig) -> EvalResult:
     problems = benchmark.problems(limit=config.limit, ids=config.problems, difficulty=config.difficulty)
     if not problems:
         raise ValueError(f"no {config.benchmark} problems match the selection")
+    isolation = ensure_isolation(config.sandbox_limits())   # before generating: --require-isolation fails fast
     run = _Run(config, benchmark, total=len(problems) * config.n)
     try:
         with ThreadPoolExecutor(max_workers=config.workers) as pool:
@@ -153,7 +155,7 @@ def evaluate(client: Sampler, config: EvalConfig) -> EvalResult:
     elapsed = time.monotonic() - started
     out_dir = Path(config.output_dir) / config.resolved_run_name()
     summary = {"config": to_dict(config), "served_adapter": run.served_adapter, "usage": run.usage,
-               "elapsed_s": round(elapsed, 2), "num_problems": len(problems)}
+               "elapsed_s": round(elapsed, 2), "num_problems": len(problems), "isolation": isolation}
     write_results(out_dir, rows, scores, summary)
     return EvalResult(config, scores, out_dir, elapsed, run.served_adapter, run.usage)
 

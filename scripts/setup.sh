@@ -11,6 +11,18 @@ EXTRAS="${SSD_EXTRAS:-cpu,dev,demo}"
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
+# bubblewrap: the kernel-enforced sandbox that evaluation runs model-written code in. Without it,
+# evaluation falls back to a weaker sandbox with a loud warning (`--require-isolation true` refuses).
+if command -v bwrap >/dev/null 2>&1; then
+  say "bubblewrap: $(bwrap --version)"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing bubblewrap (the evaluation sandbox)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+else
+  say "WARNING: bubblewrap (bwrap) is not installed. Evaluation will fall back to a weaker sandbox."
+  say "  install it with: sudo apt-get install bubblewrap   (Fedora: sudo dnf install bubblewrap)"
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"

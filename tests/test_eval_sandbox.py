@@ -1,18 +1,41 @@
-"""Every escape attempt the issue lists is contained, reported as a failure with a reason, and the
-test process survives. Each runs in a real sandboxed subprocess (no mocks)."""
+"""Naive escape attempts are contained, reported as a failure with a reason, and the test process
+survives, under both isolation levels: every test here runs once with bubblewrap (the warm worker
+pool) and once with the fallback (one subprocess per program), each in a real sandbox (no mocks).
+The fallback's warning, its recorded level and `require_isolation` are tested at the end; escapes that
+first disable the audit hook are in test_eval_sandbox_escapes.py (bubblewrap only)."""
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
+import warnings
 
 import pytest
 
+from evaluation import sandbox
 from evaluation.benchmarks.base import Problem, TestCase
 from evaluation.execution import check_answer, check_many
-from evaluation.sandbox import PROJECT_ROOT, SandboxLimits, namespaces_available, run_sandboxed
+from evaluation.sandbox import (BUBBLEWRAP, PROJECT_ROOT, IsolationUnavailable, SandboxLimits, isolation_level,
+                                namespaces_available, run_sandboxed)
 
 FAST = SandboxLimits(timeout_s=2.0, memory_mb=512, max_output_bytes=1024 * 1024)
+MISSING_BWRAP = "/nonexistent/bwrap"
+
+
+def _force_fallback(monkeypatch) -> None:
+    monkeypatch.setenv(sandbox.BWRAP_ENV, MISSING_BWRAP)
+
+
+@pytest.fixture(autouse=True, params=["bubblewrap", "fallback"])
+def isolation(request, monkeypatch):
+    """Run each test under bubblewrap and under the fallback."""
+    if request.param == "fallback":
+        _force_fallback(monkeypatch)
+        monkeypatch.setattr(sandbox, "_warned_fallback", True)     # the warning has its own test
+    elif isolation_level() != BUBBLEWRAP:
+        pytest.skip("bubblewrap does not work here (scripts/setup.sh installs it when run as root)")
+    return request.param
 
 
 def _script(code: str, limits: SandboxLimits = FAST, stdin: str = ""):
@@ -52,10 +75,13 @@ def test_memory_hog_is_stopped():
     assert result.status == "error" and "MemoryError" in result.reason
 
 
-def test_write_outside_sandbox_is_blocked(tmp_path):
+def test_write_outside_sandbox_is_blocked(tmp_path, isolation):
     target = tmp_path / "escaped.txt"
     outcome = _script(f"open({str(target)!r}, 'w').write('pwned')\n")
-    assert outcome.status == "blocked" and "write outside" in outcome.reason
+    if isolation == "fallback":
+        assert outcome.status == "blocked" and "write outside" in outcome.reason
+    else:   # the sandbox's /tmp is its own tmpfs: the host directory is not there to write into
+        assert outcome.status == "error" and "FileNotFoundError" in outcome.reason
     assert not target.exists()
 
 
@@ -110,7 +136,7 @@ def test_forged_result_record_is_ignored():
     # The program cannot find the nonce, so writing a 'passed' record into the control file does not count.
     code = textwrap.dedent("""
         import glob, json
-        for path in glob.glob('.control-*'):
+        for path in glob.glob('.control-*') + glob.glob('/io/control'):
             with open(path, 'a') as f:
                 f.write(json.dumps({'event': 'result', 'status': 'passed', 'nonce': 'guess'}) + '\\n')
         raise SystemExit(0)
@@ -149,3 +175,72 @@ def test_loop_that_ignores_the_alarm_is_killed_by_the_parent():
     code = "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass\n"
     outcome = _script(code, limits=SandboxLimits(timeout_s=1.0))
     assert outcome.status == "timeout" and "wall-clock" in outcome.reason
+
+
+def test_every_result_records_its_isolation_level(isolation):
+    outcome = _script("print(1)")
+    expected = BUBBLEWRAP if isolation == "bubblewrap" else ("namespaces" if namespaces_available() else "none")
+    assert outcome.status == "exited" and outcome.isolation == expected
+    results = check_many([(_stdin_problem(), "print(6)"), (_stdin_problem(), "")], limits=FAST, workers=2)
+    assert [r.passed for r in results] == [True, False]
+    assert {r.isolation for r in results} == {expected}     # also the answer without code
+
+
+@pytest.mark.parametrize("isolation", ["fallback"], indirect=True)
+def test_fallback_warns_once_and_require_isolation_refuses(monkeypatch, isolation, capsys):
+    monkeypatch.setattr(sandbox, "_warned_fallback", False)
+    with pytest.warns(RuntimeWarning, match="SANDBOX FALLBACK: bwrap not found"):
+        assert _script("print(2)").stdout.strip() == "2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # a second program: no second warning
+        assert _script("print(3)").stdout.strip() == "3"
+    strict = SandboxLimits(timeout_s=2.0, require_isolation=True)
+    with pytest.raises(IsolationUnavailable, match="required but unavailable"):
+        _script("print(4)", limits=strict)
+    with pytest.raises(IsolationUnavailable):
+        check_many([(_stdin_problem(), "print(6)")], limits=strict)
+    from evaluation import cli
+    assert cli.main(["--require-isolation", "true", "--limit", "1", "--sampler-url", "http://127.0.0.1:9"]) == 2
+    assert "required but unavailable: bwrap not found" in capsys.readouterr().err
+
+
+def test_evaluation_records_isolation_and_require_isolation_fails_fast(tmp_path, isolation):
+    from evaluation.runner import EvalConfig, evaluate
+    from tests.test_eval_runner import FakeSampler
+    sampler = FakeSampler()
+    config = EvalConfig(limit=2, n=1, output_dir=str(tmp_path), run_name="iso", workers=1)
+    evaluate(sampler, config)
+    summary = json.loads((tmp_path / "iso" / "summary.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "iso" / "samples.jsonl").read_text().splitlines()]
+    expected = BUBBLEWRAP if isolation == "bubblewrap" else ("namespaces" if namespaces_available() else "none")
+    assert summary["isolation"] == expected and {r["isolation"] for r in rows} == {expected}
+    from evaluation.report import write_report
+    from evaluation.sweep import temperature_sweep
+    points = temperature_sweep(sampler, config, [0.5])
+    report = write_report(points, tmp_path / "study").read_text()
+    assert f"Sandbox isolation: {expected}." in report
+    strict = EvalConfig(limit=2, n=1, output_dir=str(tmp_path), run_name="strict", require_isolation=True)
+    if isolation == "bubblewrap":
+        evaluate(sampler, strict)
+        assert json.loads((tmp_path / "strict" / "summary.json").read_text())["isolation"] == BUBBLEWRAP
+    else:
+        before = len(sampler.requests)
+        with pytest.raises(IsolationUnavailable):
+            evaluate(sampler, strict)
+        assert len(sampler.requests) == before and not (tmp_path / "strict").exists()   # nothing generated
+
+
+@pytest.mark.parametrize("isolation", ["fallback"], indirect=True)
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_the_workers_wall_clock(monkeypatch, isolation, pidfd):
+    # The worker's own timer, with pidfd_open and with the polling fallback for older kernels.
+    from evaluation import _sandbox_boot
+    if not pidfd:
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    for sleep_s, expected in ((0.0, (3, False)), (5.0, (-9, True))):
+        pid = os.fork()
+        if pid == 0:
+            import time
+            time.sleep(sleep_s)
+            os._exit(3)
+        assert _sandbox_boot._wait(pid, 0.5) == expected

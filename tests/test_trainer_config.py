@@ -84,3 +84,8 @@ def test_help_has_worked_examples(capsys):
         cli.main(["--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and "--resume" in out and "--samples-file" in out
+
+
+def test_a_bool_flag_alone_means_true_and_can_still_be_set_false():
+    assert parse(["--samples-file", "x.jsonl", "--gradient-checkpointing"]).gradient_checkpointing is True
+    assert parse(["--samples-file", "x.jsonl", "--gradient-checkpointing", "false"]).gradient_checkpointing is False
