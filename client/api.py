@@ -31,7 +31,7 @@ from typing import Any, TypeAlias
 
 import httpx
 
-from client.errors import APIError, BadRequest, JobStalled, NotFound, ServiceUnavailable
+from client.errors import APIError, BadRequest, JobStalled, NotFound, ServiceTimeout, ServiceUnavailable
 from common.protocol import ADAPTER_FILES, DEFAULT_PAGE_SIZE, DEFAULT_URL, FINAL_JOB_STATUSES, SAMPLING_FIELDS
 
 DEFAULT_TIMEOUT_S = 600.0          # sampling a long batch on a CPU takes minutes
@@ -51,12 +51,12 @@ _RETRIED_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, http
 
 @dataclass(frozen=True)
 class _Send:
-    """One HTTP attempt. The driver answers with the response, or the transport error it raised."""
+    """One HTTP attempt. The driver answers with the response, or the transport error it raised,
+    and the endpoint decides: retry, wait, or raise a typed error."""
 
     method: str
     path: str
     kwargs: dict[str, Any] = field(default_factory=dict)
-    probe: bool = False       # a health probe: any transport error is an answer ("not up yet")
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,12 @@ class _Endpoints:
         for attempt in range(self.max_retries + 1):
             outcome = yield _Send(method, path, kwargs)
             last = attempt == self.max_retries
+            if isinstance(outcome, httpx.TimeoutException):   # the request may be running: never resent
+                raise ServiceTimeout(f"{method} {path}: no answer from {self.base_url} within the client's "
+                                     f"timeout ({type(outcome).__name__}); a large batch on a slow machine "
+                                     "needs a longer timeout_s or fewer prompts per request") from outcome
             if isinstance(outcome, Exception):
-                if last:
+                if last or not isinstance(outcome, _RETRIED_TRANSPORT_ERRORS):
                     raise ServiceUnavailable(f"cannot reach {self.base_url}: {outcome}") from outcome
                 yield _Sleep(_retry_delay(attempt, None))
             elif outcome.status_code == 503 and not last:
@@ -153,7 +157,7 @@ class _Endpoints:
         server process died, say)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            outcome = yield _Send("GET", "/health", probe=True)
+            outcome = yield _Send("GET", "/health")
             if not isinstance(outcome, Exception) and outcome.status_code == 200:
                 return outcome.json()
             if still_starting is not None:
@@ -323,10 +327,8 @@ class SamplerClient(_Endpoints):
             return time.sleep(step.seconds)
         try:
             return self._http.request(step.method, step.path, **step.kwargs)
-        except httpx.TransportError as exc:
-            if step.probe or isinstance(exc, _RETRIED_TRANSPORT_ERRORS):
-                return exc
-            raise
+        except httpx.TransportError as exc:   # an answer for the endpoint to judge
+            return exc
 
     def _drive(self, steps: _Step) -> Any:
         run = _Run(steps)
@@ -369,10 +371,8 @@ class AsyncSamplerClient(_Endpoints):
             return await asyncio.sleep(step.seconds)
         try:
             return await self._http.request(step.method, step.path, **step.kwargs)
-        except httpx.TransportError as exc:
-            if step.probe or isinstance(exc, _RETRIED_TRANSPORT_ERRORS):
-                return exc
-            raise
+        except httpx.TransportError as exc:   # an answer for the endpoint to judge
+            return exc
 
     async def _drive(self, steps: _Step) -> Any:
         run = _Run(steps)

@@ -13,6 +13,10 @@ class ServiceUnavailable(SSDClientError):
     """The server could not be reached, or kept answering 503 after every retry."""
 
 
+class ServiceTimeout(SSDClientError):
+    """The server took longer than the client's timeout. Not retried: the request may still run."""
+
+
 class JobStalled(SSDClientError):
     """A followed job made no progress for longer than the caller's stall timeout."""
 

@@ -54,6 +54,9 @@ from ssd.state import (
 from trainer.config import TrainConfig
 
 CONFIG_FILE = "config.yaml"
+# One evaluation request carries a batch of problems times their repeats; on a busy CPU that takes
+# many minutes, and a timed-out request is not resent (it may still be running).
+RUN_REQUEST_TIMEOUT_S = 3600.0
 SAMPLE_STAT_FIELDS = ("num_prompts", "samples_written", "samples_kept", "samples_filtered", "output_tokens",
                       "tokens_per_s")
 
@@ -235,11 +238,11 @@ def run_experiment(config: RunConfig, api_key: str | None = None) -> Path:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     (config.output_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(config)))
     if config.sampler_url:
-        with SamplerClient(config.sampler_url, api_key=api_key) as sampler:
+        with SamplerClient(config.sampler_url, api_key=api_key, timeout_s=RUN_REQUEST_TIMEOUT_S) as sampler:
             return Experiment(config, sampler).run()
     print(f"[ssd run] starting the sampling service for {config.model} (log: {config.output_dir / 'service.log'})")
     with (LocalServer(config.model, config.output_dir / "service", config.output_dir / "service.log") as server,
-          SamplerClient(server.url, api_key=api_key) as sampler):
+          SamplerClient(server.url, api_key=api_key, timeout_s=RUN_REQUEST_TIMEOUT_S) as sampler):
         return Experiment(config, sampler).run()
 
 

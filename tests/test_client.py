@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 import client.api as api
-from client import AsyncSamplerClient, BadRequest, NotFound, SamplerClient, ServiceUnavailable
+from client import AsyncSamplerClient, BadRequest, NotFound, SamplerClient, ServiceTimeout, ServiceUnavailable
 
 
 def _client(handler, monkeypatch, sleeps: list[float]) -> SamplerClient:
@@ -131,3 +131,15 @@ def test_the_api_key_is_sent_as_a_bearer_token(monkeypatch):
     SamplerClient("http://test", transport=httpx.MockTransport(handler)).health()
     SamplerClient("http://test", api_key="explicit", transport=httpx.MockTransport(handler)).health()
     assert seen == ["Bearer from-env", "Bearer explicit"]
+
+
+def test_a_timeout_is_not_resent_and_says_what_to_change(monkeypatch):
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with pytest.raises(ServiceTimeout, match="longer timeout_s or fewer prompts"):
+        _client(handler, monkeypatch, []).sample(prompts=["x"])
+    assert len(calls) == 1

@@ -16,8 +16,15 @@ import pytest
 from evaluation import sandbox
 from evaluation.benchmarks.base import Problem, TestCase
 from evaluation.execution import check_answer, check_many
-from evaluation.sandbox import (BUBBLEWRAP, PROJECT_ROOT, IsolationUnavailable, SandboxLimits, isolation_level,
-                                namespaces_available, run_sandboxed)
+from evaluation.sandbox import (
+    BUBBLEWRAP,
+    PROJECT_ROOT,
+    IsolationUnavailable,
+    SandboxLimits,
+    isolation_level,
+    namespaces_available,
+    run_sandboxed,
+)
 
 FAST = SandboxLimits(timeout_s=2.0, memory_mb=512, max_output_bytes=1024 * 1024)
 MISSING_BWRAP = "/nonexistent/bwrap"
