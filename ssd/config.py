@@ -114,6 +114,7 @@ class RunConfig:
     sweep_temperatures: list[float] = field(default_factory=list, metadata=help_meta(
         "T_eval values for the sweep plot, comma-separated; empty = no sweep"))
     sweep_limit: int | None = field(default=40, metadata=help_meta("problems per sweep point"))
+    sweep_n: int = field(default=1, metadata=help_meta("repeats per problem at each sweep point"))
     eval_workers: int = field(default=2, metadata=help_meta("sandboxes in parallel"))
     plan_tokens_per_s: float = field(default=DEFAULT_PLAN_TOKENS_PER_S, metadata=help_meta(
         "--dry-run: output tokens/s the service is assumed to sustain, for the hours estimate"))
@@ -126,6 +127,7 @@ class RunConfig:
         check_range("drop_shortest_fraction", self.drop_shortest_fraction, 0.0, MAX_DROP_SHORTEST_FRACTION)
         check_range("num_prompts", self.num_prompts, 0, MAX_PROMPTS)
         check_range("heldout_prompts", self.heldout_prompts, 0, MAX_PROMPTS)
+        check_range("sweep_n", self.sweep_n, 1, DEFAULT_MAX_N)
         check_range("plan_tokens_per_s", self.plan_tokens_per_s, 0, float("inf"), low_open=True)
         require(self.round_start in ROUND_STARTS,
                 f"round_start must be one of {ROUND_STARTS}, got {self.round_start!r}")

@@ -190,7 +190,8 @@ class Experiment:
 
     def _sweep(self, key: str, adapter: str) -> SweepStage:
         cfg = self.config
-        config = self._eval_config(key, None, limit=cfg.sweep_limit, run_name="sweep")
+        config = self._eval_config(key, None, limit=cfg.sweep_limit, n=cfg.sweep_n, ks=[1], run_name="sweep",
+                                   repeat_seeds=self._repeat_seeds() and cfg.sweep_n > 1)
         points = temperature_sweep(self.sampler, config, list(cfg.sweep_temperatures), adapter=adapter,
                                    t_train=cfg.t_train)
         return SweepStage(sweep_file=str(save_points(points, self.root / key / "sweep")))

@@ -45,7 +45,7 @@ def make_plan(config: RunConfig) -> Plan:
     if problems is not None:
         per_eval = min(problems, config.eval_limit or problems) * config.eval_n * config.eval_max_tokens
         sweep_problems = min(problems, config.sweep_limit or problems)
-        sweep = 2 * len(config.sweep_temperatures) * sweep_problems * config.eval_n * config.eval_max_tokens
+        sweep = 2 * len(config.sweep_temperatures) * sweep_problems * config.sweep_n * config.eval_max_tokens
         eval_tokens = (rounds + 1) * per_eval + sweep
     return Plan(source, found, train, heldout, duplicates, problems, sample_tokens, eval_tokens, config)
 
