@@ -10,6 +10,7 @@ runs one alone through `standalone_main`.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 
@@ -35,6 +36,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction, name: str, *, help: s
 def run_command(args: argparse.Namespace, prog: str = "ssd") -> int:
     """Run a parsed subcommand; every error becomes one line on stderr and its exit code."""
     where = f"{prog} {args.command}" if getattr(args, "command", None) else prog
+    # SIGTERM (a `kill`, a container stop) unwinds like Ctrl-C, so `with` blocks stop the services
+    # and engines the command started instead of leaving them orphaned.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.func(args) or 0)
     except SSDError as exc:   # config errors (exit 2), client errors, stage failures (exit 1)
@@ -45,6 +49,10 @@ def run_command(args: argparse.Namespace, prog: str = "ssd") -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def standalone_main(register: Callable[[argparse._SubParsersAction], object], command: str, module: str,
