@@ -113,8 +113,25 @@ def test_metrics_lines_carry_every_field(tmp_path):
     lines = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3, 4]
     for line in lines:
-        assert {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= set(line)
+        assert {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "samples", "skipped_samples",
+                "truncated_samples", "max_tokens_samples", "world_size"} <= set(line)
         assert line["tokens"] > 0 and line["grad_norm"] >= 0
+
+
+def test_skips_and_cuts_reach_metrics_and_the_result(tmp_path):
+    samples = synthetic_samples(24, max_len=30)
+    too_long = sum(len(s["prompt_token_ids"]) + len(s["completion_token_ids"]) > 40 for s in samples)
+    assert 0 < too_long < len(samples)
+    result = train(small_config(tmp_path / "skip", max_steps=0, max_seq_len=40), ListSampleSource(samples),
+                   model=tiny_llama())
+    last = json.loads(result.metrics_path.read_text().splitlines()[-1])
+    assert result.data_stats["skipped_samples"] == last["skipped_samples"] == too_long
+    assert result.data_stats["samples"] == last["samples"] == len(samples) - too_long
+    assert last["max_tokens_samples"] == result.data_stats["max_tokens_samples"] > 0
+    cut = train(small_config(tmp_path / "cut", max_steps=0, max_seq_len=40, overlong="cut_completion"),
+                ListSampleSource(samples), model=tiny_llama())
+    assert cut.data_stats["truncated_samples"] == too_long and cut.data_stats["skipped_samples"] == 0
+    assert cut.data_stats["samples"] == len(samples)
 
 
 def test_trains_from_a_tokenizerless_model_folder_and_exports_peft_files(tmp_path):
