@@ -134,6 +134,7 @@ class LoRAFinetuneRecipe:
         self.tokens_seen = 0
         self.last_push: dict[str, Any] | None = None
         self.dist = distributed.DistContext()
+        self.fsdp = False
 
     # -- setup --------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -150,9 +151,10 @@ class LoRAFinetuneRecipe:
             torch.manual_seed(self.config.seed + self.dist.rank)
         self._setup_data()
         self.trainable = [param for param in self.model.parameters() if param.requires_grad]
-        # The fused kernel is one launch for every LoRA tensor instead of several per tensor.
+        # The fused kernel is one launch for every LoRA tensor instead of several per tensor. FSDP's
+        # sharded (DTensor) weights keep the default kernel, the one its tests cover.
         self.optimizer = torch.optim.AdamW(self.trainable, lr=self.config.lr, weight_decay=self.config.weight_decay,
-                                           fused=self.device.type == "cuda")
+                                           fused=self.device.type == "cuda" and not self.fsdp)
         self.total_steps = self._total_steps(resume_from)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_multiplier(
             step, warmup_steps=self.config.warmup_steps, total_steps=self.total_steps,
