@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/training.py                          # CPU, demo model, 1 thread, 24 samples
     .venv/bin/python bench/training.py --samples 48 --random-weights
-    python bench/training.py --shape qwen3-4b --samples 512 --micro-batch 8 --max-seq-len 2048   # GPU
+    python bench/training.py --shape qwen3-4b --samples 256 --micro-batch 4 --max-seq-len 2048   # GPU
 
 Both trainers train one epoch over one fixed set of synthetic samples (random token ids; prompt and
-completion lengths drawn like SSD's, a share of completions cut at the sampler's max_tokens), encoded
+completion lengths drawn like SSD's and scaled with --max-seq-len, a share of completions cut at the
+sampler's max_tokens), encoded
 once by our `SampleEncoder` so both see the same token ids and the same completion mask (no EOS on
 a sample that hit max_tokens, as in the paper and TRL's SSD trainer). Same LoRA (rank, alpha, every
 linear projection, no dropout), AdamW, lr, warm-up then cosine decay to 0, grad_accum 1.
@@ -27,6 +28,7 @@ Not a test: it prints figures and a markdown table for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -46,8 +48,11 @@ from trainer.config import LORA_TARGETS_ALL_LINEAR, TrainConfig  # noqa: E402
 from trainer.data import EncodedSample, ListSampleSource, SampleEncoder  # noqa: E402
 from trainer.recipe import LoRAFinetuneRecipe  # noqa: E402
 
-PROMPT_TOKENS = (40, 120)            # a rendered coding problem, shortened to fit a CPU run
-COMPLETION_TOKENS = (20, 260)        # solutions vary a lot in length; those over the budget hit max_tokens
+# Lengths at --max-seq-len 256, scaled with it: a rendered coding problem, then a solution whose
+# length varies a lot; those over the budget hit max_tokens.
+LENGTH_SCALE_AT = 256
+PROMPT_TOKENS = (40, 120)
+COMPLETION_TOKENS = (20, 260)
 LR = 1e-4
 WARMUP_STEPS = 2
 SEED = 0
@@ -74,10 +79,13 @@ def synthetic_samples(count: int, vocab_size: int, eos_id: int, max_seq_len: int
     """Pull-API samples. A completion that would pass max_seq_len is cut there by the 'sampler'
     (finish_reason 'length', no EOS), as SSD's samples hit max_tokens; the rest stopped on EOS."""
     rng = random.Random(seed)
+    scale = max_seq_len / LENGTH_SCALE_AT
+    prompt_range = [max(1, round(length * scale)) for length in PROMPT_TOKENS]
+    completion_range = [max(1, round(length * scale)) for length in COMPLETION_TOKENS]
     samples = []
     for index in range(count):
-        prompt = [rng.randrange(3, vocab_size) for _ in range(rng.randint(*PROMPT_TOKENS))]
-        wanted = rng.randint(*COMPLETION_TOKENS)
+        prompt = [rng.randrange(3, vocab_size) for _ in range(rng.randint(*prompt_range))]
+        wanted = rng.randint(*completion_range)
         room = max_seq_len - len(prompt)
         stopped = wanted < room                  # room for the completion and its EOS
         completion = [rng.randrange(3, vocab_size) for _ in range(wanted if stopped else room)]
@@ -94,27 +102,40 @@ def encode(samples: list[dict], eos_id: int, max_seq_len: int) -> list[EncodedSa
 
 # -- models ---------------------------------------------------------------------------------------
 
-def model_factory(args: argparse.Namespace) -> tuple[Callable[[], Any], Any]:
-    """(build a fresh model, its config). Each trainer gets its own model: LoRA wraps it in place."""
+def model_factory(args: argparse.Namespace) -> tuple[Callable[..., Any], Any]:
+    """(build(attention) a fresh model, its config). Each trainer gets its own model: LoRA wraps it
+    in place. `attention` is an HF attn_implementation; None keeps the default (sdpa)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if args.shape or args.random_weights:
         shape = dict(SHAPES[args.shape or "demo"])
         config = AutoConfig.for_model(shape.pop("model_type"), **shape)
 
-        def build() -> Any:
+        def build(attention: str | None = None) -> Any:
             torch.manual_seed(SEED)
             device = "cuda" if torch.cuda.is_available() else "cpu"
             with torch.device(device):           # initialise on the GPU: a 4B model on the CPU takes minutes
-                return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+                return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attention)
         return build, config
     path = resolve_model(args.model)
     config = AutoConfig.from_pretrained(path)
 
-    def load() -> Any:
+    def load(attention: str | None = None) -> Any:
         torch.manual_seed(SEED)
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attention)
     return load, config
+
+
+def trl_attention() -> str | None:
+    """TRL's padding-free batches want a variable-length kernel (FlashAttention) on a GPU. Without
+    it (and on a CPU) sdpa still keeps the packed samples apart, with a block-diagonal mask."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return None
+    return "flash_attention_2"
 
 
 def id_tokenizer(vocab_size: int, pad_id: int, eos_id: int) -> Any:
@@ -183,7 +204,7 @@ def run_trl(build: Callable[[], Any], encoded: list[EncodedSample], args: argpar
         gradient_checkpointing=args.gradient_checkpointing)
     pad_id = model_config.pad_token_id if model_config.pad_token_id is not None else encoded[0].input_ids[-1]
     eos_id = model_config.eos_token_id if isinstance(model_config.eos_token_id, int) else pad_id
-    trainer = SFTTrainer(model=build(), args=trl_args, train_dataset=Dataset.from_list(rows),
+    trainer = SFTTrainer(model=build(trl_attention()), args=trl_args, train_dataset=Dataset.from_list(rows),
                          processing_class=id_tokenizer(model_config.vocab_size, pad_id, eos_id),
                          peft_config=lora_config(args))
     output, seconds, cpu_seconds = timed(trainer.train)
@@ -266,6 +287,7 @@ def main() -> int:
         figures["tokens_per_s"] = figures["tokens"] / figures["seconds"]
         figures["tokens_per_cpu_s"] = figures["tokens"] / figures["cpu_seconds"]
         runs.append((name, figures))
+        gc.collect()                              # the last run's model and optimizer state go first
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -307,7 +329,7 @@ def summarize(runs: list[tuple[str, dict]], args: argparse.Namespace, model_conf
           f"TRL {best('trl-', 'tokens_per_s'):.1f} tok/s")
     return {"runs": [{"name": name, **figures} for name, figures in runs], "ratio": ratio, "cpu_time_ratio": cpu_ratio,
             "compared_with": best_trl, "device": device, "mean_length": mean_length,
-            "flops_per_token": per_token, "peak_flops": peak, "args": {k: str(v) for k, v in vars(args).items()}}
+            "flops_per_token": per_token, "peak_flops": peak, "trl_attention": trl_attention() or "sdpa", "args": {k: str(v) for k, v in vars(args).items()}}
 
 
 if __name__ == "__main__":
