@@ -89,3 +89,22 @@ def test_help_has_worked_examples(capsys):
 def test_a_bool_flag_alone_means_true_and_can_still_be_set_false():
     assert parse(["--samples-file", "x.jsonl", "--gradient-checkpointing"]).gradient_checkpointing is True
     assert parse(["--samples-file", "x.jsonl", "--gradient-checkpointing", "false"]).gradient_checkpointing is False
+
+
+def test_the_papers_max_seq_len_is_one_flag_away():
+    config = parse(["--samples-file", "x.jsonl", "--max-seq-len", "65536"])
+    assert config.max_seq_len == 65536 and config.micro_batch_tokens == 65536   # the budget follows
+    assert TrainConfig().micro_batch_tokens == 4096                            # the CPU default is unchanged
+    with pytest.raises(ConfigError, match="micro_batch_tokens"):
+        TrainConfig(max_seq_len=65536, micro_batch_tokens=4096)
+
+
+@pytest.mark.parametrize("field, value", [("overlong", "cut"), ("parallel", "zero3"), ("dist_backend", "mpi")])
+def test_choices_are_checked_by_name(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_semantics_options_parse_from_flags():
+    config = parse(["--samples-file", "x.jsonl", "--overlong", "cut_completion", "--eos-on-truncated", "true"])
+    assert config.overlong == "cut_completion" and config.eos_on_truncated is True

@@ -10,6 +10,7 @@ import pytest
 
 from client import JobStalled, SamplerClient
 from tests.test_trainer_fixtures import TINY_EOS, synthetic_samples
+from trainer.config import OVERLONG_CUT_COMPLETION, OVERLONG_CUT_PROMPT_START, OVERLONG_SKIP, TrainConfig
 from trainer.data import (
     IGNORE_INDEX,
     HttpSampleSource,
@@ -25,41 +26,107 @@ from trainer.data import (
 MAX_SEQ_LEN = 64
 
 
-def encoder(max_seq_len: int = MAX_SEQ_LEN, tokenizer=None) -> SampleEncoder:
-    return SampleEncoder(eos_ids=[TINY_EOS], max_seq_len=max_seq_len, tokenizer=tokenizer)
+def encoder(max_seq_len: int = MAX_SEQ_LEN, tokenizer=None, **options) -> SampleEncoder:
+    return SampleEncoder(eos_ids=[TINY_EOS], max_seq_len=max_seq_len, tokenizer=tokenizer, **options)
 
 
-def stream(samples, *, seed=0, window=8, max_sequences=4, max_padded_tokens=128, epochs=1):
-    return MicroBatchStream(ListSampleSource(samples), encoder(), window=window, max_sequences=max_sequences,
-                            max_padded_tokens=max_padded_tokens, seed=seed, pad_id=0, epochs=epochs)
+def stream(samples, *, seed=0, window=8, max_sequences=4, max_padded_tokens=128, epochs=1, **options):
+    return MicroBatchStream(ListSampleSource(samples), encoder(**options), window=window,
+                            max_sequences=max_sequences, max_padded_tokens=max_padded_tokens, seed=seed, pad_id=0,
+                            epochs=epochs)
 
 
 @pytest.mark.parametrize("sample", synthetic_samples(6))
-def test_prompt_is_masked_and_eos_is_the_last_target(sample):
+def test_prompt_is_masked_and_only_a_sample_that_stopped_ends_with_eos(sample):
     encoded = encoder()(sample)
     prompt_len = len(sample["prompt_token_ids"])
     labels = encoded.labels
     assert encoded.num_prompt_tokens == prompt_len
     assert labels[:prompt_len] == [IGNORE_INDEX] * prompt_len          # no prompt token carries loss
     assert IGNORE_INDEX not in labels[prompt_len:]                       # every completion token does
-    assert encoded.input_ids[-1] == TINY_EOS and labels[-1] == TINY_EOS
+    completion = sample["completion_token_ids"]
+    if sample["finish_reason"] == "stop":
+        assert encoded.input_ids[prompt_len:] == completion and completion[-1] == TINY_EOS   # not twice
+    else:
+        # Cut at the sampler's max_tokens: it did not end, so no EOS target (the paper, TRL's SSD trainer).
+        assert encoded.input_ids[prompt_len:] == completion and TINY_EOS not in completion
+        assert encoded.hit_max_tokens
+
+
+@pytest.mark.parametrize("sample", synthetic_samples(6))
+def test_eos_on_truncated_gives_every_sample_an_eos_target(sample):
+    encoded = encoder(eos_on_truncated=True)(sample)
     completion = sample["completion_token_ids"]
     expected = completion if completion[-1] == TINY_EOS else completion + [TINY_EOS]
-    assert encoded.input_ids[prompt_len:] == expected                    # EOS appended once, never twice
+    assert encoded.input_ids[encoded.num_prompt_tokens:] == expected and encoded.labels[-1] == TINY_EOS
 
 
-def test_truncation_keeps_the_prompt_end_and_the_mask_matches():
+def test_a_sample_without_finish_reason_counts_as_stopped():
+    encoded = encoder()({"cursor": 1, "prompt_token_ids": [5, 6], "completion_token_ids": [9, 9]})
+    assert encoded.input_ids == [5, 6, 9, 9, TINY_EOS] and not encoded.hit_max_tokens
+
+
+def test_the_new_defaults_match_the_paper_and_the_old_ones_are_one_option_away():
+    config = TrainConfig()
+    assert config.overlong == OVERLONG_SKIP and config.eos_on_truncated is False
+    old = TrainConfig(overlong=OVERLONG_CUT_PROMPT_START, eos_on_truncated=True)
+    assert old.overlong == OVERLONG_CUT_PROMPT_START and old.eos_on_truncated
+
+
+OVERLONG = {"cursor": 1, "prompt_token_ids": list(range(10, 60)), "completion_token_ids": [7] * 30 + [TINY_EOS],
+            "finish_reason": "stop"}
+
+
+def test_a_sample_longer_than_max_seq_len_is_skipped_by_default():
+    assert encoder(max_seq_len=40)(OVERLONG) is None
+    assert encoder(max_seq_len=81)(OVERLONG) is not None                 # exactly fits: kept whole
+
+
+def test_cut_completion_keeps_the_whole_prompt_and_cuts_the_end_without_eos():
+    encoded = encoder(max_seq_len=60, overlong=OVERLONG_CUT_COMPLETION)(OVERLONG)
+    assert len(encoded) == 60 and encoded.truncated
+    assert encoded.input_ids[:encoded.num_prompt_tokens] == list(range(10, 60))   # the prompt, uncut
+    assert encoded.input_ids[50:] == [7] * 10 and TINY_EOS not in encoded.input_ids
+    # A prompt that alone fills max_seq_len leaves no completion token to train on: skipped.
+    assert encoder(max_seq_len=50, overlong=OVERLONG_CUT_COMPLETION)(OVERLONG) is None
+
+
+def test_cut_prompt_start_keeps_the_prompt_end_and_the_mask_matches():
     sample = {"cursor": 1, "prompt_token_ids": list(range(10, 60)), "completion_token_ids": [7] * 30}
-    encoded = encoder(max_seq_len=40)(sample)
+    encoded = encoder(max_seq_len=40, overlong=OVERLONG_CUT_PROMPT_START)(sample)
     assert len(encoded) == 40 and encoded.truncated
     assert encoded.input_ids[:encoded.num_prompt_tokens] == list(range(60 - 9, 60))   # the prompt's end
     assert encoded.labels.count(IGNORE_INDEX) == encoded.num_prompt_tokens == 9
 
 
-def test_completion_longer_than_max_seq_len_keeps_one_prompt_token():
+def test_cut_prompt_start_with_a_completion_longer_than_max_seq_len_keeps_one_prompt_token():
     sample = {"cursor": 1, "prompt_token_ids": [5, 6, 7], "completion_token_ids": [9] * 100}
-    encoded = encoder(max_seq_len=16)(sample)
+    encoded = encoder(max_seq_len=16, overlong=OVERLONG_CUT_PROMPT_START)(sample)
     assert len(encoded) == 16 and encoded.num_prompt_tokens == 1 and encoded.input_ids[0] == 7
+
+
+def test_the_stream_counts_skips_cuts_and_max_tokens_samples():
+    samples = synthetic_samples(40, max_len=30)          # lengths up to 61 tokens against max_seq_len 40
+    # A stopped sample already ends with EOS, and one cut at max_tokens gets none: ids are the length.
+    lengths = [len(s["prompt_token_ids"]) + len(s["completion_token_ids"]) for s in samples]
+    too_long = sum(length > 40 for length in lengths)
+    assert too_long > 0
+    data = stream(samples, max_seq_len=40)
+    seen = [cursor for batch, _ in data for cursor in batch.cursors]
+    counts = data.stats.counts()
+    assert counts["skipped_samples"] == too_long == len(samples) - len(seen)
+    assert counts["truncated_samples"] == 0 and counts["samples"] == len(seen)
+    kept = [s for s in samples if s["cursor"] in set(seen)]
+    assert counts["max_tokens_samples"] == sum(s["finish_reason"] == "length" for s in kept)
+    cut = stream(samples, max_seq_len=40, overlong=OVERLONG_CUT_COMPLETION)
+    list(cut)
+    assert cut.stats.skipped_samples + cut.stats.truncated_samples == too_long
+    assert cut.stats.samples + cut.stats.skipped_samples == len(samples)
+
+
+def test_a_source_where_nothing_fits_is_an_error():
+    with pytest.raises(ValueError, match="fit max_seq_len"):
+        list(stream([OVERLONG], max_seq_len=40))
 
 
 class CharTokenizer:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.config import ConfigError
 from tests.test_trainer_fixtures import TINY_EOS, save_tiny_llama, synthetic_samples, tiny_llama
 from trainer import ListSampleSource, TrainConfig, train
 from trainer.data import SampleEncoder, collate
@@ -113,8 +114,25 @@ def test_metrics_lines_carry_every_field(tmp_path):
     lines = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3, 4]
     for line in lines:
-        assert {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= set(line)
+        assert {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "samples", "skipped_samples",
+                "truncated_samples", "max_tokens_samples", "world_size"} <= set(line)
         assert line["tokens"] > 0 and line["grad_norm"] >= 0
+
+
+def test_skips_and_cuts_reach_metrics_and_the_result(tmp_path):
+    samples = synthetic_samples(24, max_len=30)
+    too_long = sum(len(s["prompt_token_ids"]) + len(s["completion_token_ids"]) > 40 for s in samples)
+    assert 0 < too_long < len(samples)
+    result = train(small_config(tmp_path / "skip", max_steps=0, max_seq_len=40), ListSampleSource(samples),
+                   model=tiny_llama())
+    last = json.loads(result.metrics_path.read_text().splitlines()[-1])
+    assert result.data_stats["skipped_samples"] == last["skipped_samples"] == too_long
+    assert result.data_stats["samples"] == last["samples"] == len(samples) - too_long
+    assert last["max_tokens_samples"] == result.data_stats["max_tokens_samples"] > 0
+    cut = train(small_config(tmp_path / "cut", max_steps=0, max_seq_len=40, overlong="cut_completion"),
+                ListSampleSource(samples), model=tiny_llama())
+    assert cut.data_stats["truncated_samples"] == too_long and cut.data_stats["skipped_samples"] == 0
+    assert cut.data_stats["samples"] == len(samples)
 
 
 def test_trains_from_a_tokenizerless_model_folder_and_exports_peft_files(tmp_path):
@@ -168,3 +186,27 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path):
     checkpointed = train(small_config(tmp_path / "b", gradient_checkpointing=True), ListSampleSource(samples),
                          model=tiny_llama())
     assert checkpointed.final_loss == pytest.approx(plain.final_loss, rel=1e-4)
+
+
+def test_a_run_can_start_from_a_previous_adapter(tmp_path):
+    """`ssd run --round-start continue`: round r begins where round r-1's adapter ended."""
+    from safetensors.torch import load_file
+
+    first = train(small_config(tmp_path / "r1"), ListSampleSource(synthetic_samples(12)), model=tiny_llama())
+    before = load_file(str(first.adapter_dir / "adapter_model.safetensors"))
+    recipe = LoRAFinetuneRecipe(small_config(tmp_path / "r2", init_adapter=first.adapter_dir),
+                                ListSampleSource(synthetic_samples(12)), model=tiny_llama())
+    recipe.setup()
+    loaded = {name: param for name, param in recipe.model.named_parameters() if "lora_" in name}
+    assert any(t.abs().sum() > 0 for name, t in before.items() if "lora_B" in name)   # a real, trained B
+    for name, tensor in before.items():
+        match = [p for n, p in loaded.items() if n.replace(".default", "").endswith(name.split("model.", 1)[-1])]
+        assert match and torch.equal(match[0].detach().cpu(), tensor)
+
+
+def test_an_adapter_of_another_rank_is_refused_by_name(tmp_path):
+    first = train(small_config(tmp_path / "r1"), ListSampleSource(synthetic_samples(8)), model=tiny_llama())
+    recipe = LoRAFinetuneRecipe(small_config(tmp_path / "r2", init_adapter=first.adapter_dir, lora_rank=8),
+                                ListSampleSource(synthetic_samples(8)), model=tiny_llama())
+    with pytest.raises(ConfigError, match="init_adapter .* does not fit"):
+        recipe.setup()

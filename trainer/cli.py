@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from common.cli import add_config_flags, add_subcommand, standalone_main
 from common.config import config_from_args
@@ -21,6 +22,9 @@ examples:
 
   # continue after a crash or kill -9: picks the newest COMPLETE checkpoint in --output-dir
   ssd train --config train.yaml --resume
+
+  # several processes (DDP; add --parallel fsdp for a model that does not fit on one GPU)
+  torchrun --standalone --nproc-per-node 4 -m trainer --config train.yaml
 
 precedence: dataclass defaults < --config YAML < flags. Outputs in --output-dir:
   adapter/ (adapter_config.json + adapter_model.safetensors), checkpoints/step-N/, metrics.jsonl
@@ -43,8 +47,14 @@ def run_train_command(args: argparse.Namespace) -> int:
     from trainer.recipe import train  # torch is imported only when training really starts
 
     result = train(config)
+    if result.world_size > 1 and os.environ.get("RANK", "0") != "0":
+        return 0                       # under torchrun, rank 0 reports for all
     print(f"adapter: {result.adapter_dir}")
     print(f"steps: {result.steps}  final loss: {result.final_loss:.4f}  metrics: {result.metrics_path}")
+    counts = result.data_stats or {}
+    print(f"samples: {counts.get('samples', 0)} trained on, {counts.get('skipped_samples', 0)} skipped "
+          f"(longer than max_seq_len), {counts.get('truncated_samples', 0)} cut to fit, "
+          f"{counts.get('max_tokens_samples', 0)} cut at the sampler's max_tokens")
     if result.pushed:
         print(f"serving: {result.pushed.get('alias')} (version {result.pushed.get('version')})")
     return 0

@@ -27,7 +27,19 @@ MAX_BUCKET_WINDOW = 1_000_000       # samples held in memory at once for length 
 MAX_STALL_TIMEOUT_S = 7 * 24 * 3600.0
 MAX_KEEP_CHECKPOINTS = 1000
 MAX_PAD_TO_MULTIPLE = 128
+DEFAULT_MICRO_BATCH_TOKENS = 4096   # what micro_batch_tokens: 0 means, unless max_seq_len is longer
 LORA_TARGETS_ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# What to do with a sample longer than max_seq_len. The paper and TRL never train a target on a
+# context it was not sampled with, so the default skips it; cutting the prompt's start was the old way.
+OVERLONG_SKIP = "skip"
+OVERLONG_CUT_COMPLETION = "cut_completion"
+OVERLONG_CUT_PROMPT_START = "cut_prompt_start"
+OVERLONG_CHOICES = (OVERLONG_SKIP, OVERLONG_CUT_COMPLETION, OVERLONG_CUT_PROMPT_START)
+# How the model is spread over ranks under torchrun (WORLD_SIZE > 1); one process ignores it.
+PARALLEL_DDP = "ddp"
+PARALLEL_FSDP = "fsdp"
+PARALLEL_CHOICES = (PARALLEL_DDP, PARALLEL_FSDP)
+DIST_BACKEND_CHOICES = ("auto", "gloo", "nccl")
 
 
 @dataclass
@@ -59,11 +71,20 @@ class TrainConfig:
     max_steps: int = field(default=0, metadata=help_meta(
         "optimizer steps to run; 0 = derive from epochs (needs the job finished to count its samples)"))
     micro_batch_size: int = field(default=8, metadata=help_meta("most sequences in one forward pass"))
-    micro_batch_tokens: int = field(default=4096, metadata=help_meta(
-        "most padded tokens (sequences x longest length) in one forward pass; must be >= max_seq_len"))
-    grad_accum: int = field(default=4, metadata=help_meta("micro-batches per optimizer step"))
+    micro_batch_tokens: int = field(default=0, metadata=help_meta(
+        "most padded tokens (sequences x longest length) in one forward pass; must be >= max_seq_len; "
+        f"0 = the larger of {DEFAULT_MICRO_BATCH_TOKENS} and max_seq_len"))
+    grad_accum: int = field(default=4, metadata=help_meta(
+        "micro-batches per optimizer step on each rank (a step takes grad_accum x world size of them)"))
     max_seq_len: int = field(default=1024, metadata=help_meta(
-        "prompt + completion tokens kept; longer samples lose the prompt's start first"))
+        "most prompt + completion tokens in one sequence (the paper trains on 65536; 1024 suits a CPU)"))
+    overlong: str = field(default=OVERLONG_SKIP, metadata=help_meta(
+        "a sample longer than max_seq_len: 'skip' it (the paper's and TRL's choice: the prompt is never "
+        "cut), 'cut_completion' (keep the prompt, cut the completion's end, no EOS target), or "
+        "'cut_prompt_start' (the old default: drop the prompt's start)"))
+    eos_on_truncated: bool = field(default=False, metadata=help_meta(
+        "give a sample that hit the sampler's max_tokens (finish_reason 'length') an EOS target; off by "
+        "default, as in the paper and TRL's SSD trainer, since such a sample did not end"))
     grad_clip: float = field(default=1.0, metadata=help_meta("clip the gradient norm to this; 0 = off"))
     seed: int = field(default=0, metadata=help_meta("seed for LoRA init, dropout and data order"))
     bucket_window: int = field(default=256, metadata=help_meta(
@@ -73,6 +94,12 @@ class TrainConfig:
         "tensor-core and attention kernels, 1 on CPU where padding is pure waste)"))
     gradient_checkpointing: bool = field(default=False, metadata=help_meta(
         "recompute activations in backward: less memory, about 30%% more compute"))
+    # -- several processes (torchrun) -----------------------------------------------------------
+    parallel: str = field(default=PARALLEL_DDP, metadata=help_meta(
+        "under torchrun: 'ddp' keeps a whole model on each rank and all-reduces the LoRA gradients; "
+        "'fsdp' shards the base weights across ranks, for a model that does not fit on one device"))
+    dist_backend: str = field(default="auto", metadata=help_meta(
+        "torch.distributed backend under torchrun: auto = nccl on CUDA, gloo on CPU"))
     # -- output, checkpoints, push -----------------------------------------------------------------
     output_dir: Path = field(default=Path("runs/train"), metadata=help_meta(
         "run folder: checkpoints/, adapter/, metrics.jsonl"))
@@ -83,6 +110,8 @@ class TrainConfig:
     push: bool = field(default=False, metadata=help_meta("upload the adapter to sampler_url"))
     push_every: int = field(default=0, metadata=help_meta(
         "also push every K steps (needs push); 0 = only at the end"))
+    init_adapter: Path | None = field(default=None, metadata=help_meta(
+        "start from this peft adapter folder instead of a fresh LoRA (same rank and targets)"))
     adapter_name: str = field(default=DEFAULT_ADAPTER_ALIAS, metadata=help_meta(
         "adapter name (the alias) on the server"))
     page_size: int = field(default=DEFAULT_PAGE_SIZE, metadata=help_meta("samples per pull-API page"))
@@ -93,8 +122,12 @@ class TrainConfig:
         self.output_dir = Path(self.output_dir)
         if self.samples_file is not None:
             self.samples_file = Path(self.samples_file)
+        if self.init_adapter is not None:
+            self.init_adapter = Path(self.init_adapter)
         if isinstance(self.target_modules, str):
             self.target_modules = [name for name in self.target_modules.split(",") if name]
+        if self.micro_batch_tokens == 0:
+            self.micro_batch_tokens = max(DEFAULT_MICRO_BATCH_TOKENS, self.max_seq_len)
         validate(self)
 
 
@@ -116,6 +149,12 @@ def validate(config: TrainConfig) -> None:
     require(config.micro_batch_tokens >= config.max_seq_len,
            f"micro_batch_tokens ({config.micro_batch_tokens}) must be >= max_seq_len ({config.max_seq_len}) "
            "so that the longest sample fits in a micro-batch")
+    require(config.overlong in OVERLONG_CHOICES,
+           f"overlong must be one of {', '.join(OVERLONG_CHOICES)}, got {config.overlong!r}")
+    require(config.parallel in PARALLEL_CHOICES,
+           f"parallel must be one of {', '.join(PARALLEL_CHOICES)}, got {config.parallel!r}")
+    require(config.dist_backend in DIST_BACKEND_CHOICES,
+           f"dist_backend must be one of {', '.join(DIST_BACKEND_CHOICES)}, got {config.dist_backend!r}")
     require(config.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {config.grad_clip!r}")
     require(config.seed >= 0, f"seed must be >= 0, got {config.seed!r}")
     check_range("pad_to_multiple", config.pad_to_multiple, 0, MAX_PAD_TO_MULTIPLE)

@@ -7,9 +7,12 @@ Three sources yield sample dicts with the pull API's fields (`cursor`, `prompt_t
     JsonlSampleSource(path)            a JSONL export, one sample per line
     ListSampleSource(samples)          samples already in memory (tests, other tools)
 
-Each sample becomes prompt + completion + EOS token ids, with labels -100 on every prompt token,
-so only completion tokens (and the EOS) are targets. Samples are then bucketed by length inside a
-window so a micro-batch holds sequences of similar length and padding stays small.
+Each sample becomes prompt + completion (+ EOS) token ids, with labels -100 on every prompt token,
+so only completion tokens (and the EOS) are targets. A sample that stopped gets an EOS target; one
+cut at the sampler's max_tokens does not (it did not end), unless `eos_on_truncated`. A sample
+longer than max_seq_len is skipped, or its completion cut (see `OVERLONG_CHOICES`); the prompt is
+never cut by default. Samples are then bucketed by length inside a window so a micro-batch holds
+sequences of similar length and padding stays small.
 
 The order is a pure function of (seed, epoch, window start cursor): `DataPosition` names a point in
 that order, so a resumed run sees exactly the micro-batches an uninterrupted run would.
@@ -27,10 +30,12 @@ import torch
 
 from common.jsonl import read_jsonl
 from common.protocol import DEFAULT_PAGE_SIZE
+from trainer.config import OVERLONG_CHOICES, OVERLONG_CUT_COMPLETION, OVERLONG_CUT_PROMPT_START, OVERLONG_SKIP
 
 IGNORE_INDEX = -100                  # cross_entropy's default ignore_index
 HTTP_POLL_S = 1.0                    # wait between empty pages while the job still samples
 MIN_PROMPT_TOKENS_KEPT = 1           # a completion's first token needs one position before it
+FINISH_LENGTH = "length"             # vLLM's finish_reason for a sample cut at max_tokens
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -103,7 +108,8 @@ class EncodedSample:
     cursor: int
     input_ids: list[int]
     num_prompt_tokens: int           # labels are IGNORE_INDEX on exactly these leading positions
-    truncated: bool
+    truncated: bool                  # cut here to fit max_seq_len
+    hit_max_tokens: bool = False     # the sampler cut it at max_tokens (finish_reason "length")
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -127,21 +133,33 @@ def eos_token_ids(tokenizer: Any = None, model_config: Any = None) -> list[int]:
 
 
 class SampleEncoder:
-    """Turns a sample dict into token ids + prompt length, using the ids the service sampled."""
+    """Turns a sample dict into token ids + prompt length, using the ids the service sampled.
+    Returns None for a sample that `overlong` says to skip."""
 
-    def __init__(self, *, eos_ids: list[int], max_seq_len: int, tokenizer: Any = None):
+    def __init__(self, *, eos_ids: list[int], max_seq_len: int, tokenizer: Any = None,
+                 overlong: str = OVERLONG_SKIP, eos_on_truncated: bool = False):
+        if overlong not in OVERLONG_CHOICES:
+            raise ValueError(f"overlong must be one of {OVERLONG_CHOICES}, got {overlong!r}")
         self.eos_ids = eos_ids
         self.max_seq_len = max_seq_len
         self.tokenizer = tokenizer
+        self.overlong = overlong
+        self.eos_on_truncated = eos_on_truncated
 
-    def __call__(self, sample: dict[str, Any]) -> EncodedSample:
+    def __call__(self, sample: dict[str, Any]) -> EncodedSample | None:
         prompt = self._ids(sample, "prompt_token_ids", "prompt")
         completion = self._ids(sample, "completion_token_ids", "completion")
-        if not completion or completion[-1] not in self.eos_ids:
-            completion = completion + [self.eos_ids[0]]   # teach the model to stop
-        prompt, completion, truncated = self._fit(prompt, completion)
+        # A sample without finish_reason (an old export, a hand-made list) counts as one that stopped.
+        hit_max_tokens = sample.get("finish_reason") == FINISH_LENGTH
+        ends_with_eos = bool(completion) and completion[-1] in self.eos_ids
+        if not ends_with_eos and (self.eos_on_truncated or not hit_max_tokens):
+            completion = completion + [self.eos_ids[0]]   # teach the model to stop where it stopped
+        fitted = self._fit(prompt, completion)
+        if fitted is None:
+            return None
+        prompt, completion, truncated = fitted
         return EncodedSample(cursor=int(sample["cursor"]), input_ids=prompt + completion,
-                             num_prompt_tokens=len(prompt), truncated=truncated)
+                             num_prompt_tokens=len(prompt), truncated=truncated, hit_max_tokens=hit_max_tokens)
 
     def _ids(self, sample: dict[str, Any], ids_field: str, text_field: str) -> list[int]:
         # The service's ids are exactly what was sampled; re-tokenizing text may not round-trip.
@@ -153,14 +171,21 @@ class SampleEncoder:
         # The prompt text is already chat-template rendered by the service: no special tokens added.
         return list(self.tokenizer(sample.get(text_field) or "", add_special_tokens=False)["input_ids"])
 
-    def _fit(self, prompt: list[int], completion: list[int]) -> tuple[list[int], list[int], bool]:
-        """Cut the prompt's start first (its end leads into the completion); cut the completion's
-        tail only when it alone does not fit."""
+    def _fit(self, prompt: list[int], completion: list[int]) -> tuple[list[int], list[int], bool] | None:
+        """(prompt, completion, cut) within max_seq_len, or None to skip the sample."""
         if len(prompt) + len(completion) <= self.max_seq_len:
             return prompt, completion, False
-        completion = completion[: self.max_seq_len - MIN_PROMPT_TOKENS_KEPT]
-        keep_prompt = max(MIN_PROMPT_TOKENS_KEPT, self.max_seq_len - len(completion))
-        return prompt[-keep_prompt:], completion, True
+        if self.overlong == OVERLONG_CUT_COMPLETION:
+            room = self.max_seq_len - len(prompt)
+            # A cut completion loses its end, and with it the EOS: it did not end here.
+            return (prompt, completion[:room], True) if room > 0 else None
+        if self.overlong == OVERLONG_CUT_PROMPT_START:
+            # Cut the prompt's start first (its end leads into the completion); cut the completion's
+            # tail only when it alone does not fit.
+            completion = completion[: self.max_seq_len - MIN_PROMPT_TOKENS_KEPT]
+            keep_prompt = max(MIN_PROMPT_TOKENS_KEPT, self.max_seq_len - len(completion))
+            return prompt[-keep_prompt:], completion, True
+        return None
 
 
 # -- batching -----------------------------------------------------------------------------------
@@ -230,16 +255,46 @@ class DataPosition:
     batch_index: int = 0
 
 
+@dataclass(frozen=True)
+class PlannedBatch:
+    """A micro-batch's samples before collation: every rank plans all of a step's micro-batches
+    (cheap) and collates only its own share (see the recipe)."""
+    samples: list[EncodedSample]
+    skipped: int = 0                   # samples skipped for length just before this one in the stream
+
+    def padded_length(self, pad_to_multiple: int = 1) -> int:
+        return round_up(max(len(sample) for sample in self.samples), pad_to_multiple)
+
+
 @dataclass
-class PaddingStats:
+class DataStats:
+    """Counts over the micro-batches accounted so far (on every rank, all ranks' micro-batches)."""
     real_tokens: int = 0
     padded_tokens: int = 0
-    truncated_samples: int = 0
-    samples: int = 0
+    samples: int = 0                   # samples trained on
+    truncated_samples: int = 0         # cut to fit max_seq_len (completion end, or prompt start)
+    skipped_samples: int = 0           # longer than max_seq_len and skipped
+    max_tokens_samples: int = 0        # cut by the sampler at max_tokens (no EOS target by default)
 
     @property
     def efficiency(self) -> float:
         return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+    def add(self, plan: PlannedBatch, pad_to_multiple: int = 1) -> None:
+        self.real_tokens += sum(len(sample) for sample in plan.samples)
+        self.padded_tokens += len(plan.samples) * plan.padded_length(pad_to_multiple)
+        self.samples += len(plan.samples)
+        self.truncated_samples += sum(sample.truncated for sample in plan.samples)
+        self.skipped_samples += plan.skipped
+        self.max_tokens_samples += sum(sample.hit_max_tokens for sample in plan.samples)
+
+    def counts(self) -> dict[str, int]:
+        """The sample counts, for metrics.jsonl, checkpoints and the final result."""
+        return {"samples": self.samples, "truncated_samples": self.truncated_samples,
+                "skipped_samples": self.skipped_samples, "max_tokens_samples": self.max_tokens_samples}
+
+
+PaddingStats = DataStats               # the older name
 
 
 class MicroBatchStream:
@@ -261,13 +316,19 @@ class MicroBatchStream:
         self.pad_id = pad_id
         self.epochs = epochs          # None: cycle forever (the caller stops at max_steps)
         self.pad_to_multiple = pad_to_multiple
-        self.stats = PaddingStats()
+        self.stats = DataStats()
 
     def __iter__(self) -> Iterator[tuple[MicroBatch, DataPosition]]:
         return self.iterate(DataPosition())
 
     def iterate(self, position: DataPosition) -> Iterator[tuple[MicroBatch, DataPosition]]:
-        """Yield (micro-batch, position after it), starting at `position`."""
+        """Yield (micro-batch, position after it), starting at `position`, counting each in `stats`."""
+        for plan, after in self.iterate_plans(position):
+            self.stats.add(plan, self.pad_to_multiple)
+            yield self.collate(plan), after
+
+    def iterate_plans(self, position: DataPosition) -> Iterator[tuple[PlannedBatch, DataPosition]]:
+        """Yield (planned micro-batch, position after it), starting at `position`; nothing is counted."""
         epoch = position.epoch
         while self.epochs is None or epoch < self.epochs:
             start = self.source.start_after if position.window_after is None else position.window_after
@@ -276,38 +337,44 @@ class MicroBatchStream:
             for window_after, batches in self._windows(start, epoch):
                 for index in range(skip, len(batches)):
                     yielded = True
-                    yield self._collate(batches[index]), DataPosition(epoch, window_after, index + 1)
+                    yield batches[index], DataPosition(epoch, window_after, index + 1)
                 skip = 0
             if not yielded and epoch == position.epoch and position == DataPosition():
-                raise ValueError("the sample source yielded no samples")
+                raise ValueError("the sample source yielded no samples that fit max_seq_len "
+                                 f"({self.encoder.max_seq_len})")
             epoch += 1
             position = DataPosition(epoch)
 
-    def _windows(self, after: int, epoch: int) -> Iterator[tuple[int, list[list[EncodedSample]]]]:
+    def collate(self, plan: PlannedBatch) -> MicroBatch:
+        return collate(plan.samples, self.pad_id, self.pad_to_multiple)
+
+    def _windows(self, after: int, epoch: int) -> Iterator[tuple[int, list[PlannedBatch]]]:
+        """Windows of `window` source samples; a window's skipped samples are charged to its first
+        micro-batch (or the next window's, when none of its samples fit)."""
         window: list[EncodedSample] = []
-        window_after = after
+        seen, skipped, window_after, last_cursor = 0, 0, after, after
         for sample in self.source.iter_from(after):
-            window.append(self.encoder(sample))
-            if len(window) == self.window:
-                yield window_after, self._plan(window, epoch, window_after)
-                window_after, window = window[-1].cursor, []
-        if window:
-            yield window_after, self._plan(window, epoch, window_after)
+            encoded = self.encoder(sample)
+            seen, last_cursor = seen + 1, int(sample["cursor"])
+            if encoded is None:
+                skipped += 1
+            else:
+                window.append(encoded)
+            if seen == self.window:
+                batches = self._plan(window, epoch, window_after, skipped)
+                skipped = 0 if batches else skipped
+                yield window_after, batches
+                seen, window_after, window = 0, last_cursor, []
+        if seen:
+            yield window_after, self._plan(window, epoch, window_after, skipped)
 
-    def _plan(self, window: list[EncodedSample], epoch: int, window_after: int) -> list[list[EncodedSample]]:
-        batches = bucket_by_length(window, max_sequences=self.max_sequences,
-                                   max_padded_tokens=self.max_padded_tokens, pad_to_multiple=self.pad_to_multiple)
+    def _plan(self, window: list[EncodedSample], epoch: int, window_after: int,
+              skipped: int) -> list[PlannedBatch]:
+        groups = bucket_by_length(window, max_sequences=self.max_sequences,
+                                  max_padded_tokens=self.max_padded_tokens, pad_to_multiple=self.pad_to_multiple)
         # A string seed hashes the same in every process (unlike hash() of a str).
-        random.Random(f"{self.seed}:{epoch}:{window_after}").shuffle(batches)
-        return batches
-
-    def _collate(self, samples: list[EncodedSample]) -> MicroBatch:
-        batch = collate(samples, self.pad_id, self.pad_to_multiple)
-        self.stats.real_tokens += batch.num_tokens
-        self.stats.padded_tokens += batch.num_padded_tokens
-        self.stats.truncated_samples += sum(sample.truncated for sample in samples)
-        self.stats.samples += len(samples)
-        return batch
+        random.Random(f"{self.seed}:{epoch}:{window_after}").shuffle(groups)
+        return [PlannedBatch(group, skipped if index == 0 else 0) for index, group in enumerate(groups)]
 
     def micro_batches_per_epoch(self) -> int:
         """Counts one epoch's micro-batches from lengths alone (no tensors built). For a live job this
