@@ -146,7 +146,13 @@ def _loss_section(root: Path, state: RunState, figures: Path) -> list[str]:
         return []
     image = plot_loss(metrics, figures / "loss.png")
     finals = ", ".join(f"{k}: {v[-1]['loss']:.3f} after {v[-1]['step']} steps" for k, v in metrics.items())
-    return ["## Training", "", f"Final loss: {finals}.", "", f"![training loss]({image.relative_to(root)})", ""]
+    counts = ["| round | samples trained on | skipped (longer than max_seq_len) | completion cut to fit "
+              "| cut at the sampler's max_tokens (no EOS target) |", "|---|---|---|---|---|"]
+    counts += [f"| {k} | {v[-1].get('samples', '?')} | {v[-1].get('skipped_samples', '?')} | "
+               f"{v[-1].get('truncated_samples', '?')} | {v[-1].get('max_tokens_samples', '?')} |"
+               for k, v in metrics.items()]
+    return ["## Training", "", f"Final loss: {finals}.", "", *counts, "",
+            f"![training loss]({image.relative_to(root)})", ""]
 
 
 def _sweep_section(root: Path, state: RunState, figures: Path) -> list[str]:
