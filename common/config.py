@@ -24,6 +24,7 @@ import yaml
 from common.errors import EXIT_USAGE, SSDError
 
 T = TypeVar("T")
+BARE_BOOL_FLAG: dict[str, Any] = {"nargs": "?", "const": True}
 
 
 class ConfigError(SSDError, ValueError):
@@ -107,7 +108,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tup
         parser.add_argument(
             _flag(field.name), dest=field.name, type=_converter(hints[field.name]),
             default=None, help=help_text, metavar=field.name.upper(),
-            **({"nargs": "?", "const": True} if is_bool else {}),
+            **(BARE_BOOL_FLAG if is_bool else {}),
         )
 
 

@@ -222,6 +222,6 @@ def check_many(items: Iterable[tuple[Problem, str]], *, limits: SandboxLimits = 
             index = futures[future]
             results[index] = future.result()
             if on_done is not None:
-                on_done(index, results[index])
+                on_done(index, future.result())
     return results  # type: ignore[return-value]
 

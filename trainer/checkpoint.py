@@ -96,7 +96,7 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
 
 def remove_incomplete(checkpoints_dir: Path) -> list[Path]:
     """Delete leftovers of a crash: temporary folders and step folders without COMPLETE."""
-    removed = []
+    removed: list[Path] = []
     if not checkpoints_dir.is_dir():
         return removed
     for path in checkpoints_dir.iterdir():

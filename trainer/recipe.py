@@ -201,7 +201,7 @@ class LoRAFinetuneRecipe:
             self.model.config.use_cache = False
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not isinstance(self.model, PeftModel):
-            lora = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_alpha,
+            lora = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_alpha,  # type: ignore[arg-type]
                               lora_dropout=self.config.lora_dropout,
                               target_modules=list(self.config.target_modules), bias="none", task_type="CAUSAL_LM")
             self.model = get_peft_model(self.model, lora)
@@ -242,6 +242,7 @@ class LoRAFinetuneRecipe:
         eos_ids = eos_token_ids(self.tokenizer, self.causal_lm.config)
         encoder = SampleEncoder(eos_ids=eos_ids, max_seq_len=config.max_seq_len, tokenizer=self.tokenizer,
                                 overlong=config.overlong, eos_on_truncated=config.eos_on_truncated)
+        assert self.source is not None          # setup() resolved it
         self.stream = MicroBatchStream(
             self.source, encoder, window=config.bucket_window, max_sequences=config.micro_batch_size,
             max_padded_tokens=config.micro_batch_tokens, seed=config.seed, pad_id=eos_ids[0],
@@ -382,7 +383,7 @@ class LoRAFinetuneRecipe:
         return self.loss_module(input_ids, attention_mask, rows, cols, targets)
 
     def _target_loss(self) -> TargetLoss:
-        return getattr(self.loss_module, "module", self.loss_module)
+        return getattr(self.loss_module, "module", self.loss_module)  # type: ignore[arg-type]
 
     def _log_metrics(self, metrics: dict[str, float], bar: tqdm) -> None:
         if self.dist.is_main:
