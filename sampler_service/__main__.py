@@ -10,7 +10,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m sampler_service")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", *sys.argv[1:]])
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ValueError as exc:  # a ConfigError: say what is wrong, without a traceback
+        print(f"sampler_service: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
