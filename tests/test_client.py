@@ -90,3 +90,33 @@ def test_iter_samples_follows_pages_until_the_job_is_done(monkeypatch):
     sampler = _client(handler, monkeypatch, sleeps)
     assert [s["cursor"] for s in sampler.iter_samples("job")] == [1, 2, 3]
     assert seen_after == [0, 2, 2] and len(sleeps) == 1
+
+
+def test_api_key_from_the_argument_or_the_environment(monkeypatch):
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"status": "ok"})
+
+    transport = httpx.MockTransport(handler)
+    monkeypatch.setenv("SSD_API_KEY", "from-the-environment")
+    SamplerClient("http://test", transport=transport).health()
+    SamplerClient("http://test", api_key="from-the-argument", transport=transport).health()
+    monkeypatch.delenv("SSD_API_KEY")
+    SamplerClient("http://test", transport=transport).health()
+    assert seen == ["Bearer from-the-environment", "Bearer from-the-argument", None]
+
+
+def test_a_key_at_its_cap_429_is_retried_after_retry_after(monkeypatch):
+    calls, sleeps = [], []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            return httpx.Response(429, headers={"Retry-After": "1"}, json={"error": {"type": "too_many_requests",
+                                                                                      "message": "cap"}})
+        return httpx.Response(200, json={"jobs": []})
+
+    assert _client(handler, monkeypatch, sleeps).list_jobs() == []
+    assert sleeps == [1.0]

@@ -83,3 +83,9 @@ def test_help_has_worked_examples(capsys):
         cli.main(["--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and "--resume" in out and "--samples-file" in out
+
+
+def test_the_api_key_is_never_shown_in_the_config_repr():
+    from trainer.config import TrainConfig
+
+    assert "secret-key-0123456789" not in repr(TrainConfig(api_key="secret-key-0123456789"))
