@@ -18,7 +18,7 @@ DEFAULT_PORT: Final = 8000
 SAMPLING_FIELDS: Final = ("n", "temperature", "top_k", "top_p", "min_p", "max_tokens", "stop", "seed",
                           "adapter", "logprobs", "ignore_eos")
 
-MAX_TEMPERATURE: Final = 10.0      # far above any useful T; a guard against typos like 16 for 1.6
+MAX_TEMPERATURE: Final = 2.0       # vLLM refuses T > 2 (SamplingParams); also catches typos like 16 for 1.6
 TOP_K_DISABLED: Final = -1         # vLLM's "no top-k"; 0 is refused rather than guessed at
 TOP_P_DISABLED: Final = 1.0
 MIN_P_DISABLED: Final = 0.0

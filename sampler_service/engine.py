@@ -168,6 +168,7 @@ class Engine:
 
     def sampling_params(self, params: dict[str, Any], *, stream: bool = False) -> Any:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
 
         if params.get("seed") is not None and self.is_cpu:
@@ -189,8 +190,8 @@ class Engine:
                 # one child at a time, and a collector that keeps only the last output loses the rest;
                 # `stream` (DELTA) is for `Engine.stream`, which passes each child's delta on.
                 output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
-        except ValueError as exc:  # vLLM's own checks, as a second line of defence
-            raise InvalidRequest(str(exc))
+        except (ValueError, VLLMClientError) as exc:  # vLLM's own checks, as a second line of defence
+            raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None))
 
     # -- generation --------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], sampling_params: Any,

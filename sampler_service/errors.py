@@ -108,11 +108,20 @@ def error_response(exc: ServiceError, path: str = "") -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _is_union_tag(part: object) -> bool:
+    """pydantic names the union member that failed in `loc` (`str`, `list[int]`, `function-after[...]`);
+    the field a client sent is the path without those."""
+    return isinstance(part, str) and ("[" in part or "-" in part or part in _UNION_TAGS)
+
+
 def invalid_request_from(errors: list[dict]) -> InvalidRequest:
     """Turn pydantic's error list into one 400 that names the first offending field."""
     first = errors[0] if errors else {}
     # loc looks like ("body", "temperature") or ("query", "limit") or ("prompts", 3, "id").
-    parts = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    parts = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path") and not _is_union_tag(p)]
     param = ".".join(parts) or None
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
     return InvalidRequest(f"{param}: {message}" if param else message, param=param)

@@ -9,9 +9,9 @@ length) are checked where the request is admitted (`sampler_service.engine`).
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.protocol import (ADAPTER_NAME_PATTERN, ADAPTER_REF_PATTERN, DEFAULT_MAX_TOKENS, MAX_CHAT_MESSAGES,
                              MAX_DROP_SHORTEST_FRACTION, MAX_JOB_NAME_CHARS, MAX_LOGPROBS, MAX_MODEL_ID_CHARS,
@@ -24,9 +24,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+def _encodable(text: str) -> str:
+    # JSON may carry lone UTF-16 surrogates ("\ud800"); the tokenizer cannot encode them.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the text holds a lone UTF-16 surrogate; send valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+# A raw prompt goes to the model as-is, so it needs at least one token: an empty string has none.
+PromptText = Annotated[str, Field(min_length=1), AfterValidator(_encodable)]
+
+
 class ChatMessage(_Strict):
     role: Literal[CHAT_ROLES]  # type: ignore[valid-type]  # a tuple subscript is Literal["system", ...]
-    content: str
+    content: Text
 
 
 class SamplingFields(_Strict):
@@ -38,7 +52,7 @@ class SamplingFields(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1)
-    stop: list[str] | None = Field(None, max_length=MAX_STOP_STRINGS)
+    stop: list[Text] | None = Field(None, max_length=MAX_STOP_STRINGS)
     seed: int | None = Field(None, ge=0)
     adapter: str | None = Field(None, pattern=ADAPTER_REF_PATTERN)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
@@ -68,7 +82,7 @@ assert tuple(SamplingFields.model_fields) == SAMPLING_FIELDS, "SamplingFields dr
 
 
 class SampleRequest(SamplingFields):
-    prompts: list[str] | None = Field(None, min_length=1, max_length=MAX_PROMPTS_PER_REQUEST)
+    prompts: list[PromptText] | None = Field(None, min_length=1, max_length=MAX_PROMPTS_PER_REQUEST)
     messages: list[list[ChatMessage]] | None = Field(None, min_length=1, max_length=MAX_PROMPTS_PER_REQUEST)
 
     @model_validator(mode="after")
@@ -91,7 +105,7 @@ class SampleRequest(SamplingFields):
 
 class JobPrompt(_Strict):
     id: str = Field(min_length=1, max_length=MAX_PROMPT_ID_CHARS)
-    prompt: str | None = None
+    prompt: PromptText | None = None
     messages: list[ChatMessage] | None = None
 
     @model_validator(mode="after")
@@ -157,7 +171,7 @@ class OpenAISamplingFields(_Strict):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=TOP_K_DISABLED)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=0)
     presence_penalty: float = Field(0.0, ge=-MAX_PENALTY, le=MAX_PENALTY)
     frequency_penalty: float = Field(0.0, ge=-MAX_PENALTY, le=MAX_PENALTY)
@@ -194,7 +208,7 @@ class OpenAISamplingFields(_Strict):
 class CompletionRequest(OpenAISamplingFields):
     """`prompt` is a string, a list of strings, a list of token ids, or a list of such lists."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: PromptText | list[PromptText] | list[int] | list[list[int]]
     max_tokens: int | None = Field(None, ge=1)       # null: OpenAI's default, 16
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
@@ -230,12 +244,12 @@ class CompletionRequest(OpenAISamplingFields):
 
 class TextPart(_Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class OpenAIChatMessage(_Strict):
     role: Literal[CHAT_ROLES]  # type: ignore[valid-type]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
     name: str | None = Field(None, max_length=MAX_PROMPT_ID_CHARS)   # accepted; chat templates ignore it
 
     def as_native(self) -> dict:
