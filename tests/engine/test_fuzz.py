@@ -22,7 +22,7 @@ from tests.server_harness import auth_headers
 
 pytestmark = pytest.mark.engine
 
-EXAMPLES_PER_OPERATION = 12
+EXAMPLES_PER_OPERATION = 20
 REQUEST_TIMEOUT_S = 120
 MAX_FUZZ_TOKENS = 8
 MAX_FUZZ_N = 2
