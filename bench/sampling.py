@@ -1,12 +1,14 @@
 """Sampling throughput: (a) vLLM's offline LLM.generate in-process, (b) the service over HTTP (one
-job, and concurrent /v1/samples calls), (c) Hugging Face `generate`, batched.
+job, and concurrent /v1/samples calls), (b') the service's OpenAI-compatible endpoint (concurrent
+/v1/chat/completions calls from the `openai` client), (c) Hugging Face `generate`, batched.
 
 One workload for all (T 1.6, top_k 20, top_p 0.8, ignore_eos so every sequence has the same
 length), run one after another in this process so the figures share the machine's state. It
-prints output tokens/s and the ratios b/a (target >= 0.9) and b/c (target >= 1.5).
+prints output tokens/s and the ratios b/a (target >= 0.9), b'/b (target >= 0.95) and b/c (target >= 1.5).
 
     .venv/bin/python bench/sampling.py                       # 32 prompts x n=4 x 64 tokens
     .venv/bin/python bench/sampling.py --prompts 64 --max-tokens 128   # the issue's full workload
+    .venv/bin/python bench/sampling.py --service-only                  # (b) against (b') only
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def bench_offline(model: str, convs: list, n: int, max_tokens: int, lora: bool) 
     return tokens / elapsed
 
 
-def bench_service(model: str, convs: list, n: int, max_tokens: int, lora: bool) -> tuple[float, float]:
+def bench_service(model: str, convs: list, n: int, max_tokens: int, lora: bool) -> tuple[float, float, float]:
     from client.api import AsyncSamplerClient, SamplerClient
     from client.local_server import LocalServer
 
@@ -76,7 +78,24 @@ def bench_service(model: str, convs: list, n: int, max_tokens: int, lora: bool) 
                     return tokens / (time.perf_counter() - start)
 
             calls_rate = asyncio.run(concurrent())
-    return job_rate, calls_rate
+            openai_rate = asyncio.run(bench_openai(server.url, convs, n, max_tokens))
+    return job_rate, calls_rate, openai_rate
+
+
+async def bench_openai(url: str, convs: list, n: int, max_tokens: int) -> float:
+    """(b'): one chat completion per conversation, all at once, as an OpenAI harness would send them."""
+    from openai import AsyncOpenAI
+
+    # The bench server binds loopback with no keys, so any key is accepted.
+    async with AsyncOpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=3600) as client:
+        model = (await client.models.list()).data[0].id
+        extra = {"top_k": SAMPLING["top_k"], "ignore_eos": True}
+        start = time.perf_counter()
+        results = await asyncio.gather(*(client.chat.completions.create(
+            model=model, messages=c, n=n, max_tokens=max_tokens, temperature=SAMPLING["temperature"],
+            top_p=SAMPLING["top_p"], extra_body=extra) for c in convs))
+        elapsed = time.perf_counter() - start
+    return sum(r.usage.completion_tokens for r in results) / elapsed
 
 
 def bench_hf(model: str, convs: list, n: int, max_tokens: int) -> float:
@@ -103,17 +122,24 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--lora", action="store_true", help="enable LoRA in both engines (the service default)")
+    parser.add_argument("--service-only", action="store_true",
+                        help="run (b) and (b') only: the native job path against the OpenAI endpoint")
     args = parser.parse_args()
     model = resolve_model(args.model)
     configure_cpu_threads("auto")  # (a) gets the same, best, thread binding as the service
     convs = workload(args.prompts)
     print(f"workload: {args.prompts} prompts x n={args.n} x {args.max_tokens} tokens, {SAMPLING}, "
           f"LoRA {'on' if args.lora else 'off'}")
-    a = bench_offline(model, convs, args.n, args.max_tokens, args.lora)
-    print(f"(a) vLLM LLM.generate      {a:8.1f} tok/s")
-    b_job, b_calls = bench_service(model, convs, args.n, args.max_tokens, args.lora)
+    if not args.service_only:
+        a = bench_offline(model, convs, args.n, args.max_tokens, args.lora)
+        print(f"(a) vLLM LLM.generate      {a:8.1f} tok/s")
+    b_job, b_calls, b_openai = bench_service(model, convs, args.n, args.max_tokens, args.lora)
     print(f"(b) service, one job        {b_job:8.1f} tok/s")
     print(f"(b) service, concurrent calls {b_calls:6.1f} tok/s")
+    print(f"(b') OpenAI chat completions {b_openai:7.1f} tok/s")
+    print(f"b'/b (OpenAI / native job): {b_openai / b_job:.2f}   (target >= 0.95)")
+    if args.service_only:
+        return
     c = bench_hf(model, convs, args.n, args.max_tokens)
     print(f"(c) HF generate, batched    {c:8.1f} tok/s")
     print(f"b/a: job {b_job / a:.2f}, calls {b_calls / a:.2f}   (target >= 0.9)")

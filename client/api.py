@@ -14,7 +14,8 @@ Why one core: every endpoint, its retries and its error handling are written onc
 as generators that *yield* what they need done (send this request, sleep this long, hand the caller
 this sample) and receive the result. The two clients only differ in how they do those steps, with
 `httpx.Client` and `time.sleep` or with `httpx.AsyncClient` and `asyncio.sleep`, so they cannot drift
-apart. Both retry with exponential backoff on 503 and on connection errors, honour `Retry-After`,
+apart. Both retry with exponential backoff on 503, on 429 (a key's cap on requests in flight) and
+on connection errors, honour `Retry-After`,
 and raise `APIError` subclasses that carry the server's message and the offending field.
 """
 
@@ -32,7 +33,16 @@ from typing import Any, TypeAlias
 import httpx
 
 from client.errors import APIError, BadRequest, JobStalled, NotFound, ServiceTimeout, ServiceUnavailable
-from common.protocol import ADAPTER_FILES, DEFAULT_PAGE_SIZE, DEFAULT_URL, FINAL_JOB_STATUSES, SAMPLING_FIELDS
+from common.protocol import (
+    ADAPTER_FILES,
+    API_KEY_ENV,
+    AUTH_HEADER,
+    AUTH_SCHEME,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_URL,
+    FINAL_JOB_STATUSES,
+    SAMPLING_FIELDS,
+)
 
 DEFAULT_TIMEOUT_S = 600.0          # sampling a long batch on a CPU takes minutes
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
@@ -42,7 +52,6 @@ DEFAULT_MAX_CONNECTIONS = 256
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 FOLLOW_POLL_S = 1.0
-API_KEY_ENV = "SSD_API_KEY"
 # Errors after which the request certainly did not reach a handler, so a retry cannot duplicate it.
 _RETRIED_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)
 
@@ -140,7 +149,7 @@ class _Endpoints:
                 if last or not isinstance(outcome, _RETRIED_TRANSPORT_ERRORS):
                     raise ServiceUnavailable(f"cannot reach {self.base_url}: {outcome}") from outcome
                 yield _Sleep(_retry_delay(attempt, None))
-            elif outcome.status_code == 503 and not last:
+            elif outcome.status_code in (429, 503) and not last:  # 429: this key's in-flight cap
                 yield _Sleep(_retry_delay(attempt, outcome))
             else:
                 break
@@ -294,7 +303,7 @@ _PUBLIC = tuple(name for name in vars(_Endpoints) if not name.startswith("_"))
 
 def _auth_headers(api_key: str | None) -> dict[str, str]:
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    return {AUTH_HEADER: f"{AUTH_SCHEME} {key}"} if key else {}
 
 
 def _timeout(timeout_s: float) -> httpx.Timeout:

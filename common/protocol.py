@@ -18,7 +18,10 @@ DEFAULT_PORT: Final = 8000
 SAMPLING_FIELDS: Final = ("n", "temperature", "top_k", "top_p", "min_p", "max_tokens", "stop", "seed",
                           "adapter", "logprobs", "ignore_eos")
 
-MAX_TEMPERATURE: Final = 10.0      # far above any useful T; a guard against typos like 16 for 1.6
+# Sampling fields only the OpenAI-compatible endpoints accept, passed to the engine as they are.
+OPENAI_ONLY_FIELDS: Final = ("presence_penalty", "frequency_penalty")
+
+MAX_TEMPERATURE: Final = 2.0       # vLLM refuses T > 2 (SamplingParams); also catches typos like 16 for 1.6
 TOP_K_DISABLED: Final = -1         # vLLM's "no top-k"; 0 is refused rather than guessed at
 TOP_P_DISABLED: Final = 1.0
 MIN_P_DISABLED: Final = 0.0
@@ -71,3 +74,26 @@ DEFAULT_ADAPTER_ALIAS: Final = "ssd"
 def adapter_ref(name: str, version: int) -> str:
     """The id of one pinned adapter version: `ssd@v3`."""
     return f"{name}@v{version}"
+
+# -- API keys ----------------------------------------------------------------------------------
+# `ssd serve --api-keys-file FILE` (or SSD_API_KEYS, lines separated by `;`) holds lines
+# `KEY SCOPE[,SCOPE] [MAX_IN_FLIGHT]`; clients send `Authorization: Bearer KEY`.
+API_KEY_ENV: Final = "SSD_API_KEY"          # the client's key (client, trainer, `ssd run`)
+API_KEYS_ENV: Final = "SSD_API_KEYS"        # the server's key lines
+AUTH_HEADER: Final = "Authorization"
+AUTH_SCHEME: Final = "Bearer"
+SCOPE_SAMPLE: Final = "sample"   # sampling, the OpenAI endpoints, reading jobs, samples and adapters
+SCOPE_ADMIN: Final = "admin"     # creating and cancelling jobs, uploading and deleting adapters
+API_SCOPES: Final = (SCOPE_SAMPLE, SCOPE_ADMIN)
+MIN_API_KEY_CHARS: Final = 16    # a shorter key is guessable; the server refuses to start with one
+
+# -- OpenAI-compatible endpoints ---------------------------------------------------------------
+OPENAI_MODELS_PATH: Final = "/v1/models"
+OPENAI_COMPLETIONS_PATH: Final = "/v1/completions"
+OPENAI_CHAT_PATH: Final = "/v1/chat/completions"
+OPENAI_PATHS: Final = (OPENAI_MODELS_PATH, OPENAI_COMPLETIONS_PATH, OPENAI_CHAT_PATH)
+OPENAI_DEFAULT_MAX_TOKENS: Final = 16       # OpenAI's default for /v1/completions
+MAX_CHAT_MESSAGES: Final = 1024             # turns in one /v1/chat/completions conversation
+MAX_MODEL_ID_CHARS: Final = 512             # the base model's name may be a path
+MAX_PENALTY: Final = 2.0                    # OpenAI's bound on presence_penalty / frequency_penalty
+SSE_DONE: Final = "[DONE]"

@@ -1,7 +1,9 @@
 """The HTTP surface: routes, request size limits, and the app's life cycle.
 
 Handlers only validate, delegate and shape responses; `engine`, `jobs`, `adapters` and `store` do
-the work. Every error goes through `errors.py`.
+the work. Every error goes through `errors.py`; every route but /health (and /metrics, unless
+`metrics_require_key`) needs an API key with a scope when keys are configured (`auth.py`). The
+OpenAI-compatible routes live in `openai_api.py`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
 from common.models import resolve_model
-from common.protocol import ADAPTER_FILES, DEFAULT_PAGE_SIZE, FINAL_JOB_STATUSES, MAX_PAGE_SIZE
+from common.protocol import (
+    ADAPTER_FILES,
+    ADAPTER_NAME_PATTERN,
+    DEFAULT_PAGE_SIZE,
+    FINAL_JOB_STATUSES,
+    MAX_PAGE_SIZE,
+    SCOPE_ADMIN,
+    SCOPE_SAMPLE,
+)
+from sampler_service import openai_api
 from sampler_service.adapters import AdapterRegistry
+from sampler_service.auth import InFlightReleaser, KeyRing, check_bind, load_keys, require_scope
 from sampler_service.config import ServiceConfig
 from sampler_service.engine import Engine
 from sampler_service.errors import (
@@ -34,7 +47,7 @@ from sampler_service.errors import (
 )
 from sampler_service.jobs import JobRunner
 from sampler_service.metrics import Metrics
-from sampler_service.schemas import AdapterPathRequest, JobRequest, SampleRequest, is_valid_adapter_name
+from sampler_service.schemas import AdapterPathRequest, ErrorBody, JobRequest, SampleRequest, is_valid_adapter_name
 from sampler_service.store import Store
 
 log = logging.getLogger("sampler_service")
@@ -49,6 +62,10 @@ class ServiceState:
 
     def __init__(self, config: ServiceConfig):
         self.config = config
+        keys = load_keys(config.api_keys_file)
+        check_bind(config.host, keys)   # before anything starts: an open API must stay on loopback
+        self.keyring = KeyRing(keys, config.max_in_flight_per_key)
+        self.adapter_roots = [Path(d).resolve() for d in config.adapter_dir]
         self.model_name = config.model
         self.model_path = resolve_model(config.model)
         self.metrics = Metrics()
@@ -90,8 +107,39 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes,
                        per_path={ADAPTERS_PATH: config.max_adapter_bytes})
     app.add_middleware(RequestCounter, metrics=state.metrics)
+    app.add_middleware(InFlightReleaser)
     _add_routes(app, state)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema, less its 422 answers: validation errors are 400 here (`ERRORS`)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def _error(description: str) -> dict:
+    return {"model": ErrorBody, "description": description}
+
+
+# The error answers every keyed route may give, declared so that clients (and the schema fuzzer) know them.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("Invalid request: `error.param` names the field"),
+    401: _error("Missing or unknown API key"),
+    403: _error("The API key lacks the route's scope"),
+    404: _error("Unknown job, adapter or model"),
+    413: _error("Request body too large"),
+    429: _error("This key's requests in flight are at its cap; see Retry-After"),
+    503: _error("Engine loading, dead or queue full; see Retry-After"),
+}
 
 
 class BodySizeLimit:
@@ -110,7 +158,7 @@ class BodySizeLimit:
         too_large = PayloadTooLarge(f"the request body exceeds {limit} bytes")
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await error_response(too_large)(scope, receive, send)
+            return await error_response(too_large, scope["path"])(scope, receive, send)
         seen = 0
 
         async def limited_receive() -> dict:
@@ -184,12 +232,18 @@ def _add_routes(app: FastAPI, state: ServiceState) -> None:
     _sampling_routes(app, state)
     _job_routes(app, state)
     _adapter_routes(app, state)
+    openai_api.register(app, state, _cancel_on_disconnect, ERRORS)
+
+
+SAMPLE = [require_scope(SCOPE_SAMPLE)]
+ADMIN = [require_scope(SCOPE_ADMIN)]
 
 
 def _health_routes(app: FastAPI, state: ServiceState) -> None:
     engine = state.engine
 
-    @app.get("/health", summary="Liveness of the engine")
+    @app.get("/health", summary="Liveness of the engine (open: no key needed)",
+             responses={503: _error("Engine loading or dead; see Retry-After")})
     async def health() -> JSONResponse:
         """200 `{"status": "ok", "model": ...}` when the engine serves; 503 with `status` `loading`
         or `dead` otherwise."""
@@ -201,16 +255,21 @@ def _health_routes(app: FastAPI, state: ServiceState) -> None:
         return JSONResponse({"status": status, "model": state.model_name, "error": engine.startup_error},
                             status_code=503, headers={"Retry-After": "5"})
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    metrics_guard = SAMPLE if state.config.metrics_require_key else []
+
+    @app.get("/metrics", summary="Prometheus metrics", dependencies=metrics_guard, response_class=PlainTextResponse,
+             responses={401: ERRORS[401], 403: ERRORS[403], 429: ERRORS[429]} if metrics_guard else {})
     async def metrics() -> Response:
-        return Response(state.metrics.render(engine.admission.in_flight), media_type="text/plain; version=0.0.4")
+        """Prometheus' text format. Open unless the server runs with `metrics_require_key`."""
+        return PlainTextResponse(state.metrics.render(engine.admission.in_flight),
+                                 media_type="text/plain; version=0.0.4")
 
 
 def _sampling_routes(app: FastAPI, state: ServiceState) -> None:
     engine = state.engine
 
-    @app.post("/v1/samples", summary="Sample completions synchronously")
-    async def sample(request: Request) -> Any:
+    @app.post("/v1/samples", summary="Sample completions synchronously", dependencies=SAMPLE, responses=ERRORS)
+    async def sample(body: SampleRequest, request: Request) -> Any:
         """Sample `n` completions for each prompt. Body: `prompts` (raw strings) or `messages`
         (chat conversations), plus sampling parameters. Example:
         `{"messages": [[{"role": "user", "content": "Write fizzbuzz."}]], "n": 2, "temperature": 1.6,
@@ -218,7 +277,6 @@ def _sampling_routes(app: FastAPI, state: ServiceState) -> None:
         "prompt_token_ids": [...], "completions": [{"text", "token_ids", "num_tokens",
         "finish_reason", "logprobs"}]}], "adapter": {"name", "version"} | null, "usage": {...}}`.
         See docs/api.md for every field and bound."""
-        body = await _parse(SampleRequest, request)
         engine.require_ready()
         params = body.sampling_dict()
         sampling_params = engine.sampling_params(params)
@@ -231,12 +289,11 @@ def _sampling_routes(app: FastAPI, state: ServiceState) -> None:
 def _job_routes(app: FastAPI, state: ServiceState) -> None:
     engine, store, adapters, jobs = state.engine, state.store, state.adapters, state.jobs
 
-    @app.post("/v1/jobs", status_code=201, summary="Start a sampling job")
-    async def create_job(request: Request) -> Any:
+    @app.post("/v1/jobs", status_code=201, summary="Start a sampling job", dependencies=ADMIN, responses=ERRORS)
+    async def create_job(body: JobRequest) -> Any:
         """Start an asynchronous job over `prompts` (each `{"id", "prompt" | "messages"}`) with the
         sampling parameters and ml-ssd's `filters` (`drop_empty`, `drop_shortest_fraction`).
         Returns the job object; poll `GET /v1/jobs/{id}` and pull `GET /v1/jobs/{id}/samples`."""
-        body = await _parse(JobRequest, request)
         engine.require_ready()
         params = body.sampling_dict()
         engine.sampling_params(params)
@@ -247,21 +304,23 @@ def _job_routes(app: FastAPI, state: ServiceState) -> None:
         jobs.start(job_id)
         return await asyncio.to_thread(store.get_job, job_id)
 
-    @app.get("/v1/jobs", summary="List jobs, newest first")
+    @app.get("/v1/jobs", summary="List jobs, newest first", dependencies=SAMPLE, responses=ERRORS)
     async def list_jobs() -> Any:
         return {"jobs": await asyncio.to_thread(store.list_jobs, MAX_JOBS_LISTED)}
 
-    @app.get("/v1/jobs/{job_id}", summary="A job's status, progress and throughput")
+    @app.get("/v1/jobs/{job_id}", summary="A job's status, progress and throughput", dependencies=SAMPLE,
+             responses=ERRORS)
     async def get_job(job_id: str) -> Any:
         return await _job_or_404(store, job_id)
 
-    @app.delete("/v1/jobs/{job_id}", summary="Cancel a job")
+    @app.delete("/v1/jobs/{job_id}", summary="Cancel a job", dependencies=ADMIN, responses=ERRORS)
     async def cancel_job(job_id: str) -> Any:
         """Cancel a queued or running job; its in-flight prompts are aborted in the engine. Samples
         already written stay readable."""
         return await jobs.cancel(job_id)
 
-    @app.get("/v1/jobs/{job_id}/samples", summary="Pull a page of samples (the trainer's API)")
+    @app.get("/v1/jobs/{job_id}/samples", summary="Pull a page of samples (the trainer's API)", dependencies=SAMPLE,
+             responses=ERRORS)
     async def samples_page(job_id: str, after: int = Query(0, ge=0),
                            limit: int = Query(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE),
                            include_filtered: bool = False) -> Any:
@@ -281,12 +340,13 @@ def _job_routes(app: FastAPI, state: ServiceState) -> None:
 def _adapter_routes(app: FastAPI, state: ServiceState) -> None:
     engine, adapters = state.engine, state.adapters
 
-    @app.post(ADAPTERS_PATH, status_code=201, summary="Upload a LoRA adapter as a new version")
+    @app.post(ADAPTERS_PATH, status_code=201, summary="Upload a LoRA adapter as a new version", dependencies=ADMIN,
+              responses=ERRORS, openapi_extra={"requestBody": _ADAPTER_UPLOAD_BODY})
     async def upload_adapter(request: Request) -> Any:
         """Multipart (`name` + files `adapter_config.json`, `adapter_model.safetensors`) or JSON
         `{"name", "path"}`. Validates, loads under a new version, then moves the alias. Returns
         `{"name", "version", "alias", "rank", "path"}`. On failure: 400, and the previous version
-        keeps serving."""
+        keeps serving. A `path` must lie under one of the server's `--adapter-dir` directories."""
         engine.require_ready()
         if not state.config.enable_lora:
             raise InvalidRequest("this server was started without LoRA support", param="adapter")
@@ -295,21 +355,46 @@ def _adapter_routes(app: FastAPI, state: ServiceState) -> None:
             version = await _upload_multipart(adapters, request)
         else:
             body = await _parse(AdapterPathRequest, request)
-            source = Path(body.path)
-            if not source.is_dir():
-                raise InvalidRequest(f"adapter path {body.path!r} is not a directory the server can read",
-                                     param="path")
-            version = await adapters.upload(body.name, source)
+            version = await adapters.upload(body.name, _allowed_adapter_path(state.adapter_roots, body.path))
         return {"name": version.name, "version": version.version, "alias": version.ref, "rank": version.rank,
                 "path": version.path}
 
-    @app.get("/v1/adapters", summary="List adapters, versions and alias targets")
+    @app.get("/v1/adapters", summary="List adapters, versions and alias targets", dependencies=SAMPLE,
+             responses=ERRORS)
     async def list_adapters() -> Any:
         return {"adapters": adapters.describe()}
 
-    @app.delete("/v1/adapters/{name}", summary="Unload an adapter")
+    @app.delete("/v1/adapters/{name}", summary="Unload an adapter", dependencies=ADMIN, responses=ERRORS)
     async def delete_adapter(name: str) -> Any:
         return await adapters.delete(name)
+
+
+# The upload route reads its body by hand (multipart or JSON); this declares both for the schema.
+_ADAPTER_UPLOAD_BODY = {"required": True, "content": {
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": ["name", *ADAPTER_FILES],
+        "properties": {"name": {"type": "string", "pattern": ADAPTER_NAME_PATTERN},
+                       **{field: {"type": "string", "format": "binary"} for field in ADAPTER_FILES}}}},
+    "application/json": {"schema": AdapterPathRequest.model_json_schema()}}}
+
+
+def _allowed_adapter_path(roots: list[Path], raw: str) -> Path:
+    """The adapter folder `raw` names, if it and its files lie under an operator-listed directory
+    once symlinks and `..` are resolved. Anything else is a 400 and nothing is read."""
+    if not roots:
+        raise InvalidRequest("this server loads adapters by path only from directories its operator lists "
+                             "(`ssd serve --adapter-dir DIR`), and none is listed: upload the files instead",
+                             param="path")
+    source = Path(raw)
+    if not source.is_absolute():
+        raise InvalidRequest("the adapter path must be absolute", param="path")
+    resolved = [source.resolve(), *((source / name).resolve() for name in ADAPTER_FILES)]
+    if not all(any(p.is_relative_to(root) for root in roots) for p in resolved):
+        raise InvalidRequest(f"adapter path {raw!r} lies outside the allowed adapter directories "
+                             f"(symlinks and `..` are resolved first)", param="path")
+    if not resolved[0].is_dir():
+        raise InvalidRequest(f"adapter path {raw!r} is not a directory the server can read", param="path")
+    return resolved[0]
 
 
 async def _job_or_404(store: Store, job_id: str) -> dict:

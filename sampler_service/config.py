@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.config import check_range, help_meta
-from common.protocol import DEFAULT_MAX_N, DEFAULT_PORT
+from common.config import check_range, help_meta, require
+from common.protocol import API_KEYS_ENV, DEFAULT_MAX_N, DEFAULT_PORT
 
 # Bounds a request may not exceed. Named here so that the API docs, the validation and the tests
 # read the same numbers.
@@ -21,6 +21,7 @@ DEFAULT_JOB_CONCURRENCY = 64     # prompts of one job in flight, so continuous b
 DEFAULT_MAX_LORA_RANK = 64
 MAX_COUNT = 2 ** 62              # sizes and counts: only their lower bound matters
 MAX_KV_CACHE_GB = 1 << 20
+DEFAULT_MAX_IN_FLIGHT_PER_KEY = 64   # one key's requests in flight before 429; a key line may set its own
 
 
 @dataclass
@@ -51,12 +52,25 @@ class ServiceConfig:
     cpu_threads: str = field(default="auto", metadata=help_meta(
         "CPU cores for the engine, e.g. `0-1`; auto = all cores (1.7x faster than vLLM's default)"))
     log_level: str = field(default="info", metadata=help_meta("uvicorn log level"))
+    api_keys_file: Path | None = field(default=None, metadata=help_meta(
+        f"API keys, one `KEY SCOPE[,SCOPE] [MAX_IN_FLIGHT]` line each (scopes: sample, admin); also read "
+        f"from {API_KEYS_ENV} (lines separated by `;`). No keys: open API, loopback bind only"))
+    max_in_flight_per_key: int = field(default=DEFAULT_MAX_IN_FLIGHT_PER_KEY, metadata=help_meta(
+        "requests one API key may have in flight before 429 + Retry-After"))
+    metrics_require_key: bool = field(default=False, metadata=help_meta(
+        "protect /metrics with a `sample` key (it is open by default, for scrapers)"))
+    adapter_dir: list[str] = field(default_factory=list, metadata=help_meta(
+        "directories `POST /v1/adapters {\"path\"}` may load from (comma list; none by default: uploads only)"))
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         check_range("max_model_len", self.max_model_len, 0, MAX_COUNT)
         for name in ("port", "max_loras", "max_lora_rank", "max_cpu_loras",
                      "max_num_seqs", "max_n", "max_queue", "max_body_bytes", "max_adapter_bytes",
-                     "job_concurrency"):
+                     "job_concurrency", "max_in_flight_per_key"):
             check_range(name, getattr(self, name), 1, MAX_COUNT)
         check_range("kv_cache_gb", self.kv_cache_gb, 0, MAX_KV_CACHE_GB)
+        if self.api_keys_file is not None:
+            self.api_keys_file = Path(self.api_keys_file)
+        require(isinstance(self.adapter_dir, list) and all(isinstance(d, str) and d for d in self.adapter_dir),
+                f"adapter_dir must be a list of directories, got {self.adapter_dir!r}")

@@ -13,11 +13,12 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.protocol import SAMPLING_FIELDS
+from common.protocol import OPENAI_ONLY_FIELDS, SAMPLING_FIELDS
 from sampler_service.config import ServiceConfig
 from sampler_service.errors import EngineUnavailable, InvalidRequest, Overloaded
 from sampler_service.store import Completion
@@ -29,8 +30,8 @@ FALLBACK_CONTEXT = 2048        # a model config without max_position_embeddings
 FLOAT32_BYTES = 4              # the CPU engine computes in float32 (docs/cpu-notes.md)
 
 # The wire's sampling fields are vLLM's own SamplingParams arguments, but for `adapter`, which picks
-# the LoRA request instead.
-ENGINE_FIELDS = tuple(name for name in SAMPLING_FIELDS if name != "adapter")
+# the LoRA request instead; the OpenAI endpoints add vLLM's two penalties.
+ENGINE_FIELDS = tuple(name for name in SAMPLING_FIELDS if name != "adapter") + OPENAI_ONLY_FIELDS
 
 
 def resolve_max_model_len(config: ServiceConfig, model_path: str, is_cpu: bool) -> int:
@@ -70,6 +71,17 @@ class GenerationResult:
     prompt_token_ids: list[int]
     completions: list[Completion]
     logprobs: list[list[dict] | None]
+
+
+@dataclass
+class StreamDelta:
+    """New tokens of one of a request's `n` completions, as one engine step produced them."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    logprobs: list[dict] | None
 
 
 class Admission:
@@ -183,8 +195,19 @@ class Engine:
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the context "
                 f"length {limit}", param="max_tokens")
 
-    def sampling_params(self, params: dict[str, Any]) -> Any:
+    def check_token_ids(self, token_ids: list[int], param: str) -> None:
+        """A token-id prompt must stay inside the vocabulary: vLLM would fail the request later."""
+        vocab = len(self._tokenizer)
+        if any(token_id >= vocab for token_id in token_ids):
+            raise InvalidRequest(f"token ids must be < the vocabulary size {vocab}", param=param)
+
+    def decode_tokens(self, token_ids: list[int]) -> list[str]:
+        """Each token's own text (OpenAI's logprobs name tokens by text, not id)."""
+        return [self._tokenizer.decode([token_id]) for token_id in token_ids]
+
+    def sampling_params(self, params: dict[str, Any], *, stream: bool = False) -> Any:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
 
         if params.get("seed") is not None and self.is_cpu:
@@ -198,10 +221,11 @@ class Engine:
             return SamplingParams(
                 **{name: params[name] for name in ENGINE_FIELDS if params.get(name) is not None},
                 # FINAL_ONLY: one output holding all n completions. The streaming kinds hand back
-                # one child at a time, and a collector that keeps only the last output loses the rest.
-                output_kind=RequestOutputKind.FINAL_ONLY)
-        except ValueError as exc:  # vLLM's own checks, as a second line of defence
-            raise InvalidRequest(str(exc))
+                # one child at a time, and a collector that keeps only the last output loses the rest;
+                # `stream` (DELTA) is for `Engine.stream`, which passes each child's delta on.
+                output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
+        except (ValueError, VLLMClientError) as exc:  # vLLM's own checks, as a second line of defence
+            raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None))
 
     # -- generation --------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], sampling_params: Any,
@@ -222,6 +246,29 @@ class Engine:
             self.require_ready()  # turns a dead engine into a 503
             raise EngineUnavailable(f"generation failed: {type(exc).__name__}: {exc}") from exc
         return _to_result(prompt_ids, final)
+
+    async def stream(self, prompt_ids: list[int], sampling_params: Any,
+                     lora_request: Any = None) -> AsyncIterator[list[StreamDelta]]:
+        """Yield each engine step's new tokens (`sampling_params` built with `stream=True`). Closing
+        the iterator, or cancelling its consumer, aborts the request in the engine."""
+        from vllm.inputs import TokensPrompt
+
+        self.require_ready()
+        outputs = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), sampling_params, uuid.uuid4().hex,
+                                     lora_request=lora_request)
+        try:
+            async for output in outputs:
+                yield [StreamDelta(index=c.index, text=c.text, token_ids=list(c.token_ids),
+                                   finish_reason=c.finish_reason, logprobs=_logprob_list(c)) for c in output.outputs]
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            self.require_ready()
+            raise EngineUnavailable(f"generation failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            # Closing vLLM's generator is what aborts the request; leaving it to the garbage
+            # collector would keep generating for a client that is gone.
+            await outputs.aclose()
 
     # -- adapters ----------------------------------------------------------------------------
     async def add_lora(self, lora_request: Any) -> None:

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from client.local_server import LocalServer
-from tests.server_harness import make_test_server
+from common.protocol import API_KEY_ENV
+from tests.server_harness import TEST_ADMIN_KEY, make_test_server
 
 # Tests that train or run models share two cores with the engine; more threads only thrash.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -16,10 +17,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session")
 def sampler_server(tmp_path_factory: pytest.TempPathFactory) -> LocalServer:
     root = tmp_path_factory.mktemp("sampler")
-    server = make_test_server(root / "data", root / "server.log")
+    # Adapters by path may come from anywhere under this session's temporary folders.
+    server = make_test_server(root / "data", root / "server.log", adapter_dir=tmp_path_factory.getbasetemp())
+    previous_key = os.environ.get(API_KEY_ENV)
+    os.environ[API_KEY_ENV] = TEST_ADMIN_KEY  # SamplerClient, `ssd` subprocesses and the trainer read it
     server.start()
     yield server
     server.stop()
+    if previous_key is None:
+        os.environ.pop(API_KEY_ENV, None)
+    else:
+        os.environ[API_KEY_ENV] = previous_key
 
 
 @pytest.fixture(scope="session")

@@ -120,19 +120,6 @@ def test_async_client_pages_waits_and_raises_like_the_sync_one():
     assert asyncio.run(run()) == [1, 2]
 
 
-def test_the_api_key_is_sent_as_a_bearer_token(monkeypatch):
-    seen = []
-
-    def handler(request):
-        seen.append(request.headers.get("authorization"))
-        return httpx.Response(200, json={"status": "ok"})
-
-    monkeypatch.setenv("SSD_API_KEY", "from-env")
-    SamplerClient("http://test", transport=httpx.MockTransport(handler)).health()
-    SamplerClient("http://test", api_key="explicit", transport=httpx.MockTransport(handler)).health()
-    assert seen == ["Bearer from-env", "Bearer explicit"]
-
-
 def test_a_timeout_is_not_resent_and_says_what_to_change(monkeypatch):
     calls = []
 
@@ -143,3 +130,33 @@ def test_a_timeout_is_not_resent_and_says_what_to_change(monkeypatch):
     with pytest.raises(ServiceTimeout, match="longer timeout_s or fewer prompts"):
         _client(handler, monkeypatch, []).sample(prompts=["x"])
     assert len(calls) == 1
+
+
+def test_api_key_from_the_argument_or_the_environment(monkeypatch):
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"status": "ok"})
+
+    transport = httpx.MockTransport(handler)
+    monkeypatch.setenv("SSD_API_KEY", "from-the-environment")
+    SamplerClient("http://test", transport=transport).health()
+    SamplerClient("http://test", api_key="from-the-argument", transport=transport).health()
+    monkeypatch.delenv("SSD_API_KEY")
+    SamplerClient("http://test", transport=transport).health()
+    assert seen == ["Bearer from-the-environment", "Bearer from-the-argument", None]
+
+
+def test_a_key_at_its_cap_429_is_retried_after_retry_after(monkeypatch):
+    calls, sleeps = [], []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            return httpx.Response(429, headers={"Retry-After": "1"}, json={"error": {"type": "too_many_requests",
+                                                                                      "message": "cap"}})
+        return httpx.Response(200, json={"jobs": []})
+
+    assert _client(handler, monkeypatch, sleeps).list_jobs() == []
+    assert sleeps == [1.0]

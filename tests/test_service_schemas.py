@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from common.protocol import SAMPLING_FIELDS
 from sampler_service.errors import invalid_request_from
-from sampler_service.schemas import MAX_STOP_STRINGS, MAX_TEMPERATURE, JobRequest, SampleRequest, is_valid_adapter_name
+from sampler_service.schemas import (
+    MAX_STOP_STRINGS,
+    MAX_TEMPERATURE,
+    ChatCompletionRequest,
+    CompletionRequest,
+    JobRequest,
+    SampleRequest,
+    is_valid_adapter_name,
+)
 
 
 def _param_of(body: dict, model=SampleRequest) -> str | None:
@@ -54,3 +63,34 @@ def test_job_prompts_need_unique_ids_and_one_input_each():
     assert ok.filters.shortest_by == "chars"
     assert _param_of({"prompts": [{"id": "a", "prompt": "x"}], "filters": {"shortest_by": "bytes"}},
                      JobRequest) == "filters.shortest_by"
+
+
+@pytest.mark.parametrize("model, body, param", [
+    (SampleRequest, {"prompts": [""]}, "prompts.0"),                               # no tokens to condition on
+    (SampleRequest, {"prompts": ["ok \ud800"]}, "prompts.0"),                      # a lone surrogate
+    (SampleRequest, {"messages": [[{"role": "user", "content": "\udc00"}]]}, "messages.0.0.content"),
+    (JobRequest, {"prompts": [{"id": "a", "prompt": ""}]}, "prompts.0.prompt"),
+    (CompletionRequest, {"model": "demo", "prompt": ""}, "prompt"),
+    (CompletionRequest, {"model": "demo", "prompt": [[]]}, "prompt"),
+    (CompletionRequest, {"model": "demo", "prompt": "x", "echo": True}, "echo"),
+    (CompletionRequest, {"model": "demo", "prompt": "x", "best_of": 2}, "best_of"),
+    (CompletionRequest, {"model": "demo", "prompt": "x", "stop": ""}, "stop"),
+    (ChatCompletionRequest, {"model": "demo", "messages": []}, "messages"),
+    (ChatCompletionRequest, {"model": "demo", "messages": [{"role": "user", "content": "\ud800"}]},
+     "messages.0.content"),
+    (ChatCompletionRequest, {"model": "demo", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+     None),   # top_logprobs without logprobs: a whole-request error
+])
+def test_text_the_tokenizer_cannot_take_is_a_400_naming_the_field(model, body, param):
+    assert _param_of(body, model) == param
+
+
+def test_openai_requests_map_to_the_native_sampling_fields():
+    body = CompletionRequest.model_validate({"model": "demo", "prompt": [[1, 2], [3]], "stop": "\n", "top_k": 20})
+    assert body.prompt_items() == [[1, 2], [3]]
+    params = body.sampling_dict(max_tokens=16, logprobs=None)
+    assert params["stop"] == ["\n"] and params["top_k"] == 20 and params["temperature"] == 1.0
+    assert set(SAMPLING_FIELDS) <= set(params)
+    chat = ChatCompletionRequest.model_validate({"model": "ssd", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]})
+    assert chat.conversation() == [{"role": "user", "content": "ab"}]

@@ -108,3 +108,9 @@ def test_choices_are_checked_by_name(field, value):
 def test_semantics_options_parse_from_flags():
     config = parse(["--samples-file", "x.jsonl", "--overlong", "cut_completion", "--eos-on-truncated", "true"])
     assert config.overlong == "cut_completion" and config.eos_on_truncated is True
+
+
+def test_the_api_key_is_never_shown_in_the_config_repr():
+    from trainer.config import TrainConfig
+
+    assert "secret-key-0123456789" not in repr(TrainConfig(api_key="secret-key-0123456789"))

@@ -51,6 +51,8 @@ class TrainConfig:
         "base model: 'demo', an HF model folder, or a hub id"))
     sampler_url: str = field(default=DEFAULT_URL, metadata=help_meta(
         "sampling service URL: samples are pulled from it, adapters pushed to it"))
+    api_key: str | None = field(default=None, repr=False, metadata=help_meta(
+        "the sampling service's API key (default: the SSD_API_KEY environment variable); never saved"))
     job_id: str | None = field(default=None, metadata=help_meta(
         "sampling job whose samples to train on (pulled with the cursor API while it runs)"))
     samples_file: Path | None = field(default=None, metadata=help_meta(

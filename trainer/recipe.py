@@ -419,7 +419,7 @@ class LoRAFinetuneRecipe:
             state = {"step": self.step, "total_steps": self.total_steps, "last_loss": self.last_loss,
                      "tokens_seen": self.tokens_seen, "position": vars(self.position),
                      "data_stats": vars(self.stream.stats), "world_size": self.dist.world_size,
-                     "config": to_dict(self.config)}
+                     "config": to_dict(self.config) | {"api_key": None}}  # a key never goes to disk
             (folder / STATE_FILENAME).write_text(json.dumps(state, indent=2, default=str))
 
         if self.dist.is_main:
@@ -541,7 +541,7 @@ class LoRAFinetuneRecipe:
             return
         try:
             self.last_push = push_adapter(self.config.sampler_url, self.config.adapter_name, adapter_dir,
-                                          client=self.client)
+                                          client=self.client, api_key=self.config.api_key)
         except Exception as exc:  # noqa: BLE001 - a mid-run push failure must not lose the training
             if final:
                 raise
@@ -556,11 +556,13 @@ def _num_targets(plan: PlannedBatch) -> int:
     return sum(len(sample) - max(1, sample.num_prompt_tokens) for sample in plan.samples)
 
 
-def push_adapter(sampler_url: str, name: str, adapter_dir: Path, *, client: Any = None) -> dict[str, Any]:
-    """Upload an adapter folder (multipart) and return the server's {name, version, alias, ...}."""
+def push_adapter(sampler_url: str, name: str, adapter_dir: Path, *, client: Any = None,
+                 api_key: str | None = None) -> dict[str, Any]:
+    """Upload an adapter folder (multipart) and return the server's {name, version, alias, ...}.
+    `api_key` None means the SSD_API_KEY environment variable."""
     if client is not None:
         return client.upload_adapter(name, adapter_dir)
-    with SamplerClient(sampler_url) as sampler:
+    with SamplerClient(sampler_url, api_key=api_key) as sampler:
         return sampler.upload_adapter(name, adapter_dir)
 
 
@@ -591,7 +593,7 @@ def _source_from_config(config: TrainConfig, client: Any) -> SampleSource:
         return JsonlSampleSource(config.samples_file)
     if config.job_id is not None:
         if client is None:
-            client = SamplerClient(config.sampler_url)
+            client = SamplerClient(config.sampler_url, api_key=config.api_key)
         return HttpSampleSource(client, config.job_id, page_size=config.page_size,
                                stall_timeout_s=config.stall_timeout_s)
     raise ConfigError("no samples: set job_id or samples_file, or pass a SampleSource to train()")

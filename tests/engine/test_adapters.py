@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import httpx
 import pytest
 import torch
 
-from tests.server_harness import TEST_MAX_LORA_RANK
+from tests.server_harness import TEST_MAX_LORA_RANK, auth_headers
 
 pytestmark = pytest.mark.engine
 
@@ -50,7 +51,7 @@ def adapters_dir(tmp_path_factory, demo_model_path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def http(sampler_url: str):
-    with httpx.Client(base_url=sampler_url, timeout=300) as client:
+    with httpx.Client(base_url=sampler_url, timeout=300, headers=auth_headers()) as client:
         yield client
 
 
@@ -94,6 +95,28 @@ def test_upload_by_server_readable_path(http, adapters_dir):
     missing = http.post("/v1/adapters", json={"name": "bypath", "path": "/nonexistent/dir"})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "path"
     http.delete("/v1/adapters/bypath")
+
+
+def test_paths_outside_the_adapter_dirs_get_400_and_load_nothing(http, adapters_dir, tmp_path):
+    """The session server allows only pytest's temporary folder (`--adapter-dir`). A valid adapter
+    outside it is refused however it is reached: directly, through `..`, or through a symlink
+    (whole folder, or one file) inside the allowed folder."""
+    outside = Path(tempfile.mkdtemp(prefix="ssd-outside-"))
+    try:
+        shutil.copytree(adapters_dir["a"], outside / "a")
+        (tmp_path / "link").symlink_to(outside / "a")
+        one_file = tmp_path / "one_file"
+        one_file.mkdir()
+        shutil.copy(adapters_dir["a"] / "adapter_config.json", one_file)
+        (one_file / "adapter_model.safetensors").symlink_to(outside / "a" / "adapter_model.safetensors")
+        dotdot = str(tmp_path) + "/.." * len(tmp_path.parts) + str(outside / "a")
+        for path in (str(outside / "a"), dotdot, str(tmp_path / "link"), str(one_file), "relative/dir"):
+            response = http.post("/v1/adapters", json={"name": "escape", "path": path})
+            assert response.status_code == 400, (path, response.text)
+            assert response.json()["error"]["param"] == "path"
+        assert "escape" not in [a["name"] for a in http.get("/v1/adapters").json()["adapters"]]
+    finally:
+        shutil.rmtree(outside)
 
 
 def _corrupt_copy(src: Path, dst: Path) -> Path:
@@ -173,7 +196,7 @@ def test_swap_under_load_fails_no_request(http, sampler_url, adapters_dir):
     stop = threading.Event()
 
     def hammer() -> None:
-        with httpx.Client(base_url=sampler_url, timeout=300) as client:
+        with httpx.Client(base_url=sampler_url, timeout=300, headers=auth_headers()) as client:
             while not stop.is_set():
                 response = client.post("/v1/samples", json={"prompts": [PROMPT], "adapter": "hot",
                                                             "max_tokens": 8, "temperature": 1.0})

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.server_harness import TEST_MAX_BODY_BYTES, TEST_MAX_MODEL_LEN, TEST_MAX_N, TEST_MAX_QUEUE
+from tests.server_harness import TEST_MAX_BODY_BYTES, TEST_MAX_MODEL_LEN, TEST_MAX_N, TEST_MAX_QUEUE, auth_headers
 
 pytestmark = pytest.mark.engine
 
@@ -17,7 +17,7 @@ CHAT = [[{"role": "user", "content": "Write a Python function that returns the s
 
 @pytest.fixture(scope="module")
 def http(sampler_url: str):
-    with httpx.Client(base_url=sampler_url, timeout=300) as client:
+    with httpx.Client(base_url=sampler_url, timeout=300, headers=auth_headers()) as client:
         yield client
 
 
@@ -142,7 +142,8 @@ def test_client_disconnect_aborts_the_generation(sampler_url, http):
     body = {"prompts": ["Count from one to a thousand:"], "max_tokens": TEST_MAX_MODEL_LEN - 32,
             "ignore_eos": True, "temperature": 1.0}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(sampler_url + "/v1/samples", json=body, timeout=httpx.Timeout(2.0, connect=5.0))
+        httpx.post(sampler_url + "/v1/samples", json=body, timeout=httpx.Timeout(2.0, connect=5.0),
+                   headers=auth_headers())
     # ~1000 tokens take far longer than this on the CPU; the slot frees only if the request was aborted.
     deadline = time.monotonic() + 10
     while _queue_depth(http) > 0 and time.monotonic() < deadline:
@@ -232,7 +233,7 @@ def test_job_survives_kill9_and_restart_without_loss_or_duplicates(sampler_serve
     sampler_server.kill9()
     sampler_server.start()
 
-    with httpx.Client(base_url=sampler_server.url, timeout=300) as fresh:
+    with httpx.Client(base_url=sampler_server.url, timeout=300, headers=auth_headers()) as fresh:
         samples = _pull_all(fresh, job_id, include_filtered=True)
         job = fresh.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "completed"

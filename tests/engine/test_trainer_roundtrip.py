@@ -6,6 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.server_harness import auth_headers
+
 pytestmark = pytest.mark.engine
 
 PROMPT = "def reverse_words(sentence):"
@@ -24,7 +26,7 @@ def test_sample_train_push_changes_the_alias_but_not_the_base(sampler_url, demo_
     from trainer.config import TrainConfig
     from trainer.recipe import train
 
-    with httpx.Client(base_url=sampler_url, timeout=300) as http:
+    with httpx.Client(base_url=sampler_url, timeout=300, headers=auth_headers()) as http:
         base_before = _greedy(http, None)["results"][0]["completions"][0]
         prompts = [{"id": f"rt-{i}", "messages": [{"role": "user", "content": f"Write a Python function {name}."}]}
                    for i, name in enumerate(["add", "reverse", "count_vowels", "flatten", "merge", "rotate"])]
