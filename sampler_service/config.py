@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.config import check_range, require
 from common.protocol import DEFAULT_MAX_N, DEFAULT_PORT
 
 # Bounds a request may not exceed. Named here so that the API docs, the validation and the tests
@@ -18,6 +19,7 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_ADAPTER_BYTES = 4 * 1024 * 1024 * 1024   # a rank-64 adapter on a 30B model is GBs
 DEFAULT_JOB_CONCURRENCY = 64     # prompts of one job in flight, so continuous batching stays full
 DEFAULT_MAX_LORA_RANK = 64
+POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
 
 
 def _help(text: str) -> dict[str, str]:
@@ -50,6 +52,18 @@ class ServiceConfig:
     cpu_threads: str = field(default="auto", metadata=_help(
         "CPU cores for the engine, e.g. `0-1`; auto = all cores (1.7x faster than vLLM's default)"))
     log_level: str = field(default="info", metadata=_help("uvicorn log level"))
+    # -- scaling out: vLLM's own parallelism, and several replicas over one PostgreSQL store -------
+    tensor_parallel_size: int = field(default=1, metadata=_help(
+        "GPUs one model is split across, layer by layer (vLLM tensor parallelism; docs/deployment.md)"))
+    pipeline_parallel_size: int = field(default=1, metadata=_help("GPUs (or nodes) the layers are staged across"))
+    data_parallel_size: int = field(default=1, metadata=_help("full engine copies inside this one service"))
+    store: str = field(default="", metadata=_help(
+        "empty = SQLite in data_dir; a postgresql:// URL = PostgreSQL shared by every replica"))
+    replica_id: str = field(default="", metadata=_help("this replica's name in the store; empty = host:port/random"))
+    lease_s: float = field(default=30.0, metadata=_help(
+        "a replica's lease on a prompt (and its liveness) expires this long after its last heartbeat"))
+    adapter_sync_timeout_s: float = field(default=300.0, metadata=_help(
+        "an upload waits this long for every live replica to load the new version"))
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -60,3 +74,12 @@ class ServiceConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.kv_cache_gb < 0:
             raise ValueError(f"kv_cache_gb must be >= 0, got {self.kv_cache_gb}")
+        self._check_scaling()
+
+    def _check_scaling(self) -> None:
+        for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
+            check_range(name, getattr(self, name), 1, 1024)
+        check_range("lease_s", self.lease_s, 1.0, 3600.0)
+        check_range("adapter_sync_timeout_s", self.adapter_sync_timeout_s, 1.0, 86400.0)
+        require(self.store == "" or self.store.startswith(POSTGRES_URL_PREFIXES) or "://" not in self.store,
+                f"store must be empty, a SQLite file path or a postgresql:// URL, got {self.store!r}")
