@@ -29,7 +29,7 @@ from sampler_service.errors import (InvalidRequest, NotFound, PayloadTooLarge, e
 from sampler_service.jobs import JobRunner
 from sampler_service.metrics import Metrics
 from sampler_service.schemas import AdapterPathRequest, JobRequest, SampleRequest, is_valid_adapter_name
-from sampler_service.store import Store
+from sampler_service.store import Store, default_replica_id, open_store
 
 log = logging.getLogger("sampler_service")
 
@@ -46,11 +46,14 @@ class ServiceState:
         self.model_name = config.model
         self.model_path = resolve_model(config.model)
         self.metrics = Metrics()
-        self.store = Store(config.data_dir / "store.sqlite3")
+        self.store = open_store(config.store, config.data_dir)
+        self.replica_id = config.replica_id or default_replica_id(config.port)
         self.engine = Engine(config, self.model_path)
         self.adapters = AdapterRegistry(self.store, self.engine, config.data_dir / "adapters",
-                                        self.model_path, config.max_lora_rank)
-        self.jobs = JobRunner(self.store, self.engine, self.adapters, self.metrics, config.job_concurrency)
+                                        self.model_path, config.max_lora_rank, replica_id=self.replica_id,
+                                        lease_s=config.lease_s, sync_timeout_s=config.adapter_sync_timeout_s)
+        self.jobs = JobRunner(self.store, self.engine, self.adapters, self.metrics, config.job_concurrency,
+                              self.replica_id, config.lease_s)
         self.started_at = time.time()
 
     async def start_engine(self) -> None:
@@ -74,6 +77,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         yield
         starter.cancel()
         await state.jobs.shutdown()
+        await state.adapters.shutdown()
         state.engine.shutdown()
         state.store.close()
 
@@ -234,7 +238,7 @@ def _job_routes(app: FastAPI, state: ServiceState) -> None:
         params = body.sampling_dict()
         engine.sampling_params(params)
         if body.adapter is not None:
-            adapters.resolve(body.adapter)
+            await adapters.resolve_latest(body.adapter)
         prompts = [(item.id, item.input()) for item in body.prompts]
         job_id = await asyncio.to_thread(store.create_job, body.name, params, body.filters.model_dump(), prompts)
         jobs.start(job_id)

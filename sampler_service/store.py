@@ -307,11 +307,12 @@ class Store:
         return {r["replica_id"]: r["error"] for r in rows}
 
     def move_alias(self, name: str, version: int) -> None:
-        """Mark the version ready and point the alias at it, in one transaction."""
+        """Mark the version ready and point the alias at it, in one transaction. The alias only
+        moves forward: of two uploads racing on two replicas, the newer version wins."""
         with self._tx() as db:
             db.execute("UPDATE adapters SET state = ? WHERE name = ? AND version = ?", (ADAPTER_READY, name, version))
-            db.execute("INSERT INTO aliases (name, version) VALUES (?, ?)"
-                       " ON CONFLICT (name) DO UPDATE SET version = excluded.version", (name, version))
+            db.execute("INSERT INTO aliases (name, version) VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
+                       " SET version = excluded.version WHERE aliases.version < excluded.version", (name, version))
 
     def alias_of(self, name: str) -> int | None:
         row = self._one("SELECT version FROM aliases WHERE name = ?", (name,))
