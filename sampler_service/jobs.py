@@ -56,6 +56,9 @@ class JobRunner:
             self._drivers[job_id] = asyncio.create_task(self._drive(job_id), name=f"job-{job_id}")
 
     async def _watch(self) -> None:
+        # Leases under this id from an earlier life (a crash, then a restart with the same
+        # --replica-id) would be kept alive by our heartbeat with nobody working on them.
+        await asyncio.to_thread(self.store.release_leases, self.replica_id)
         while True:
             try:
                 await self._watch_once()
