@@ -5,9 +5,9 @@ upload, on the replica that receives it:
 
 1. validate the files (they parse, rank <= max_lora_rank, base model matches, every targeted
    module exists with matching shapes), so the engine never sees a bad adapter;
-2. register the next version as *staged* in the store, copy the files to
-   `data_dir/adapters/<name>/v<N>/` and, with PostgreSQL, into the database (so no replica needs a
-   shared filesystem), and load them under a *new* engine id (never vLLM's `load_inplace`, which
+2. register the next version in the store, copy the files to `data_dir/adapters/<name>/v<N>/`
+   and, with PostgreSQL, into the database (so no replica needs a shared filesystem), mark the
+   version *staged* once its files are stored, and load them under a *new* engine id (never vLLM's `load_inplace`, which
    reuses stale prefix-cache blocks and re-reads the files from disk on every step; docs/api.md);
 3. wait until every live replica (one whose heartbeat is recent) has loaded the version too: each
    replica's watcher loads staged versions and records an ack, or the error it got;
@@ -233,6 +233,8 @@ class AdapterRegistry:
             try:
                 await asyncio.to_thread(_copy_adapter, source_dir, target)
                 await asyncio.to_thread(self.store.save_adapter_files, name, number, target)
+                # Only now may other replicas fetch the files: staged is their signal to load.
+                await asyncio.to_thread(self.store.set_adapter_state, name, number, ADAPTER_STAGED)
                 row = {"name": name, "version": number, "lora_id": lora_id, "rank": rank, "created_at": time.time()}
                 version = await self._ensure_loaded(row)
             except Exception as exc:

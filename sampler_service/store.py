@@ -36,9 +36,10 @@ from common.protocol import ACTIVE_JOB_STATUSES, FILTER_EMPTY, FILTER_SHORTEST, 
 
 PENDING = "pending"  # held until the job ends, when the shortest-fraction cut is known
 
-# Adapter version states: staged (uploaded, replicas loading it), ready (the alias may point at it),
-# failed (some replica could not load it, or not in time; never served).
-ADAPTER_STAGED, ADAPTER_READY, ADAPTER_FAILED = "staged", "ready", "failed"
+# Adapter version states: uploading (its files are being stored; no replica looks at it yet),
+# staged (every replica loads it and acks), ready (the alias may point at it), failed (some
+# replica could not load it, or not in time; never served).
+ADAPTER_UPLOADING, ADAPTER_STAGED, ADAPTER_READY, ADAPTER_FAILED = "uploading", "staged", "ready", "failed"
 
 # `status IN (...)` placeholders, built from the contract rather than spelt out in SQL.
 _ACTIVE_IN = "(" + ", ".join("?" * len(ACTIVE_JOB_STATUSES)) + ")"
@@ -276,7 +277,7 @@ class Store:
 
     # -- adapters ----------------------------------------------------------------------------
     def create_adapter_version(self, name: str, rank: int, path: str) -> tuple[int, int]:
-        """Register the next version of `name` as staged. Returns (version, engine lora id); the
+        """Register the next version of `name`, as uploading. Returns (version, engine lora id); the
         lora id is unique across every adapter, so no engine ever reuses one for other weights."""
         with self._tx() as db:
             self._lock_adapters(db)
@@ -284,7 +285,7 @@ class Store:
                                  (name,)).fetchone()["v"]
             lora_id = db.execute("SELECT COALESCE(MAX(lora_id), 0) + 1 AS v FROM adapters").fetchone()["v"]
             db.execute("INSERT INTO adapters (name, version, lora_id, path, rank, state, created_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?)", (name, version, lora_id, path, rank, ADAPTER_STAGED, _now()))
+                       " VALUES (?, ?, ?, ?, ?, ?, ?)", (name, version, lora_id, path, rank, ADAPTER_UPLOADING, _now()))
         return version, lora_id
 
     def _lock_adapters(self, db: Any) -> None:

@@ -271,6 +271,6 @@ def test_adapter_versions_acks_and_alias(store, tmp_path):
     store.move_alias("ssd", v2)
     assert store.alias_of("ssd") == 2
     states = {v["version"]: v["state"] for v in store.adapter_versions()}
-    assert states == {1: "staged", 2: "ready"}
+    assert states == {1: "uploading", 2: "ready"}
     store.delete_adapter("ssd")
     assert store.adapter_versions() == [] and store.aliases() == {}
