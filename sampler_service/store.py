@@ -411,6 +411,8 @@ class SQLiteStore(Store):
             for column, decl in columns.items():
                 if column not in have:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        # After the columns exist: the heartbeat finds a replica's leases through this index.
+        self._db.execute("CREATE INDEX IF NOT EXISTS job_prompts_leased ON job_prompts (lease_owner) WHERE done = 0")
 
     def close(self) -> None:
         with self._lock:

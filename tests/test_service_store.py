@@ -259,6 +259,26 @@ def test_sqlite_reopened_keeps_jobs_and_adapters_and_frees_old_leases(tmp_path):
     reopened.close()
 
 
+def test_a_sqlite_store_from_before_leases_is_migrated_on_open(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE job_prompts (job_id TEXT NOT NULL, idx INTEGER NOT NULL, prompt_id TEXT NOT NULL,
+            input TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (job_id, idx));
+        CREATE TABLE adapters (name TEXT NOT NULL, version INTEGER NOT NULL, lora_id INTEGER NOT NULL UNIQUE,
+            path TEXT NOT NULL, rank INTEGER NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (name, version));
+        INSERT INTO adapters VALUES ('ssd', 1, 1, '/x', 8, 0.0);
+    """)
+    old.close()
+    store = SQLiteStore(path)
+    job_id = _job(store, 2)
+    assert [idx for idx, _, _ in store.lease_prompts(job_id, "r", 5, LEASE_S)] == [0, 1]
+    assert store.adapter_versions()[0]["state"] == "ready"  # versions from before stay servable
+    store.close()
+
+
 def test_adapter_versions_acks_and_alias(store, tmp_path):
     v1, id1 = store.create_adapter_version("ssd", 8, "/a")
     v2, id2 = store.create_adapter_version("ssd", 8, "/b")
