@@ -302,7 +302,7 @@ def _adapter_routes(app: FastAPI, state: ServiceState) -> None:
 
     @app.get("/v1/adapters", summary="List adapters, versions and alias targets")
     async def list_adapters() -> Any:
-        return {"adapters": adapters.describe()}
+        return {"adapters": await asyncio.to_thread(adapters.describe)}  # reads the store
 
     @app.delete("/v1/adapters/{name}", summary="Unload an adapter")
     async def delete_adapter(name: str) -> Any:

@@ -128,11 +128,12 @@ def test_leases_are_disjoint_and_in_index_order(store):
 
 def test_an_expired_lease_is_taken_over_and_a_heartbeat_keeps_one(store):
     job_id = _job(store, 2)
-    store.lease_prompts(job_id, "dead", 1, 1.0)
-    store.lease_prompts(job_id, "alive", 1, 1.0)
-    time.sleep(0.6)
-    store.heartbeat("alive", 1.0)  # pushes only its own lease forward
-    time.sleep(0.6)
+    # Sleeps only ever run long: "dead" has surely expired; "alive" keeps a second of slack.
+    store.lease_prompts(job_id, "dead", 1, 2.0)
+    store.lease_prompts(job_id, "alive", 1, 2.0)
+    time.sleep(1.2)
+    store.heartbeat("alive", 2.0)  # pushes only its own lease forward
+    time.sleep(1.0)
     taken = store.lease_prompts(job_id, "rescuer", 5, LEASE_S)
     assert [idx for idx, _, _ in taken] == [0]
     assert store.lease_owners(job_id) == {0: "rescuer", 1: "alive"}
@@ -148,15 +149,15 @@ def test_released_leases_and_done_prompts(store):
 
 
 def test_live_replicas_follow_heartbeats(store):
-    store.heartbeat("a", 1.0)
-    store.heartbeat("b", 1.0)
-    assert store.live_replicas(1.0) == ["a", "b"]
-    time.sleep(0.6)
-    store.heartbeat("b", 1.0)
-    time.sleep(0.6)
-    assert store.live_replicas(1.0) == ["b"]
+    store.heartbeat("a", 2.0)
+    store.heartbeat("b", 2.0)
+    assert store.live_replicas(2.0) == ["a", "b"]
+    time.sleep(1.2)
+    store.heartbeat("b", 2.0)
+    time.sleep(1.0)
+    assert store.live_replicas(2.0) == ["b"]
     store.remove_replica("b")
-    assert store.live_replicas(1.0) == []
+    assert store.live_replicas(2.0) == []
 
 
 # -- PostgreSQL: two replicas on one database --------------------------------------------------
