@@ -54,7 +54,7 @@ class ServiceConfig:
     log_level: str = field(default="info", metadata=_help("uvicorn log level"))
     # -- scaling out: vLLM's own parallelism, and several replicas over one PostgreSQL store -------
     tensor_parallel_size: int = field(default=1, metadata=_help(
-        "GPUs one model is split across, layer by layer (vLLM tensor parallelism; docs/deployment.md)"))
+        "GPUs that split every layer's weights (vLLM tensor parallelism; docs/deployment.md)"))
     pipeline_parallel_size: int = field(default=1, metadata=_help("GPUs (or nodes) the layers are staged across"))
     data_parallel_size: int = field(default=1, metadata=_help("full engine copies inside this one service"))
     store: str = field(default="", metadata=_help(
