@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.ssd-stamps/done
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo lint test test-fast bench clean
 
 setup: $(SETUP_STAMP)
 
@@ -14,10 +14,16 @@ $(SETUP_STAMP): pyproject.toml scripts/setup.sh common/models.py
 demo: setup
 	$(VENV)/bin/ssd run --config configs/demo.yaml
 
-test: setup
+# The habits, checked: the layers contract (pyproject's [tool.importlinter]), ruff, mypy.
+lint: setup
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest tests
 
-test-fast: setup
+test-fast: lint
 	$(PY) -m pytest tests -m "not engine"
 
 bench: setup

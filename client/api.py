@@ -24,9 +24,10 @@ import asyncio
 import functools
 import os
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, TypeAlias
+from typing import Any, TypeAlias
 
 import httpx
 
@@ -203,7 +204,8 @@ class _Endpoints:
         new sample nor a finished prompt has appeared for that long: no replica works on the job."""
         watch = _StallWatch(job_id, stall_timeout_s)
         while True:
-            page = yield from _Endpoints.samples_page(self, job_id, after=after, limit=limit, include_filtered=include_filtered)
+            page = yield from _Endpoints.samples_page(self, job_id, after=after, limit=limit,
+                                                      include_filtered=include_filtered)
             for sample in page["samples"]:
                 yield _Yield(sample)
             after = page["next_cursor"]
@@ -261,6 +263,27 @@ class _StallWatch:
                              f"sampler replica working on it?")
 
 
+class _Run:
+    """An endpoint in progress: iterating gives its steps; set `reply` to answer the current one.
+    When the endpoint returns, iteration stops and `result` holds what it returned."""
+
+    def __init__(self, steps: _Step):
+        self.steps = steps
+        self.reply: Any = None
+        self.result: Any = None
+
+    def __iter__(self) -> _Run:
+        return self
+
+    def __next__(self) -> Any:
+        reply, self.reply = self.reply, None
+        try:
+            return self.steps.send(reply)
+        except StopIteration as done:
+            self.result = done.value
+            raise
+
+
 _ITERATORS = frozenset({"iter_samples"})
 _PUBLIC = tuple(name for name in vars(_Endpoints) if not name.startswith("_"))
 
@@ -306,25 +329,18 @@ class SamplerClient(_Endpoints):
             raise
 
     def _drive(self, steps: _Step) -> Any:
-        reply = None
-        try:
-            while True:
-                reply = self._do(steps.send(reply))
-        except StopIteration as done:
-            return done.value
+        run = _Run(steps)
+        for step in run:
+            run.reply = self._do(step)
+        return run.result
 
     def _drive_iter(self, steps: _Step) -> Iterator[Any]:
-        reply = None
-        while True:
-            try:
-                step = steps.send(reply)
-            except StopIteration:
-                return
+        run = _Run(steps)
+        for step in run:
             if isinstance(step, _Yield):
-                reply = None
                 yield step.value
             else:
-                reply = self._do(step)
+                run.reply = self._do(step)
 
 
 class AsyncSamplerClient(_Endpoints):
@@ -359,25 +375,18 @@ class AsyncSamplerClient(_Endpoints):
             raise
 
     async def _drive(self, steps: _Step) -> Any:
-        reply = None
-        try:
-            while True:
-                reply = await self._do(steps.send(reply))
-        except StopIteration as done:
-            return done.value
+        run = _Run(steps)
+        for step in run:
+            run.reply = await self._do(step)
+        return run.result
 
     async def _drive_iter(self, steps: _Step) -> AsyncIterator[Any]:
-        reply = None
-        while True:
-            try:
-                step = steps.send(reply)
-            except StopIteration:
-                return
+        run = _Run(steps)
+        for step in run:
             if isinstance(step, _Yield):
-                reply = None
                 yield step.value
             else:
-                reply = await self._do(step)
+                run.reply = await self._do(step)
 
 
 def _bind(cls: type, name: str) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from common.errors import SSDError
 
-class SSDClientError(Exception):
+
+class SSDClientError(SSDError):
     """Base class for every error the client raises."""
 
 

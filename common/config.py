@@ -21,11 +21,15 @@ from typing import Any, TypeVar
 
 import yaml
 
+from common.errors import EXIT_USAGE, SSDError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(SSDError, ValueError):
     """A config file or flag holds a value that does not fit the dataclass."""
+
+    exit_code = EXIT_USAGE
 
 
 def help_meta(text: str) -> dict[str, str]:
@@ -39,11 +43,13 @@ def require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def check_range(name: str, value: object, low: float, high: float) -> None:
-    """`low <= value <= high` for a finite number, else a ConfigError naming the field and bounds."""
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and low <= value <= high)
-    require(ok, f"{name} must be in [{low}, {high}], got {value!r}")
+def check_range(name: str, value: object, low: float, high: float, *, low_open: bool = False) -> None:
+    """`low <= value <= high` (`low < value` with `low_open`) for a finite number, else a ConfigError
+    naming the field and its bounds."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    above_low = is_number and (value > low if low_open else value >= low)  # type: ignore[operator]
+    ok = is_number and above_low and value <= high  # type: ignore[operator]
+    require(ok, f"{name} must be in {'(' if low_open else '['}{low}, {high}], got {value!r}")
 
 
 def _flag(name: str) -> str:
@@ -127,7 +133,7 @@ def load_yaml(path: str | Path | None) -> dict[str, Any]:
 def build_config(cls: type[T], yaml_values: dict[str, Any] | None = None,
                  flag_values: dict[str, Any] | None = None) -> T:
     """Merge defaults < YAML < flags into an instance of `cls`, rejecting unknown keys."""
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    known = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     merged: dict[str, Any] = {}
     for source_name, values in (("config file", yaml_values or {}), ("flags", flag_values or {})):
         for key, value in values.items():

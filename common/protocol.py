@@ -22,7 +22,6 @@ MAX_TEMPERATURE: Final = 10.0      # far above any useful T; a guard against typ
 TOP_K_DISABLED: Final = -1         # vLLM's "no top-k"; 0 is refused rather than guessed at
 TOP_P_DISABLED: Final = 1.0
 MIN_P_DISABLED: Final = 0.0
-GREEDY_TEMPERATURE: Final = 0.0
 DEFAULT_MAX_N: Final = 64          # the service's default `max_n`; operators may lower or raise it
 DEFAULT_MAX_TOKENS: Final = 256
 MAX_STOP_STRINGS: Final = 16
@@ -53,6 +52,12 @@ FINAL_JOB_STATUSES: Final = (JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED)
 MAX_DROP_SHORTEST_FRACTION: Final = 0.9
 FILTER_EMPTY: Final = "empty"
 FILTER_SHORTEST: Final = "shortest"
+# What "shortest" measures: ml-ssd cuts by the completion's characters; tokens was this project's
+# first rule and stays an option.
+SHORTEST_BY_CHARS: Final = "chars"
+SHORTEST_BY_TOKENS: Final = "tokens"
+SHORTEST_BY_CHOICES: Final = (SHORTEST_BY_CHARS, SHORTEST_BY_TOKENS)
+DEFAULT_SHORTEST_BY: Final = SHORTEST_BY_CHARS
 
 # -- adapters ----------------------------------------------------------------------------------
 ADAPTER_CONFIG_FILE: Final = "adapter_config.json"

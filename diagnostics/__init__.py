@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["diagnose", "write_report_section", "DiagnosticsResult", "AnalysisSettings"]
+__all__ = ["diagnose", "write_report_section", "DiagnosticsResult", "AnalysisConfig"]
 
 if TYPE_CHECKING:
     from diagnostics.analysis import DiagnosticsResult, diagnose
+    from diagnostics.config import AnalysisConfig
     from diagnostics.report import write_report_section
-    from diagnostics.settings import AnalysisSettings
 
 _HOMES = {"diagnose": "diagnostics.analysis", "DiagnosticsResult": "diagnostics.analysis",
-          "write_report_section": "diagnostics.report", "AnalysisSettings": "diagnostics.settings"}
+          "write_report_section": "diagnostics.report", "AnalysisConfig": "diagnostics.config"}
 
 
 def __getattr__(name: str) -> Any:

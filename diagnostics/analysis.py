@@ -1,7 +1,7 @@
 """`diagnose()`: held-out samples + base model + SSD model -> lock/fork statistics.
 
     from diagnostics import diagnose, write_report_section
-    result = diagnose(samples, base_model="demo", adapter="runs/r1/adapter", train_temperature=1.6)
+    result = diagnose(samples, base_model="demo", adapter="runs/r1/adapter", t_train=1.6)
     markdown = write_report_section(result, "runs/r1/report")
 
 `samples` are pull-API sample dicts (docs/api.md): only `prompt_token_ids` and
@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from diagnostics.config import AnalysisConfig
 from diagnostics.positions import PositionTable, load_model_pair, score_positions, select_samples
-from diagnostics.settings import AnalysisSettings
 from diagnostics.summary import ClassSummary, ExamplePosition, classify, pick_examples, summarize
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ VISIBLE_WHITESPACE = {" ": "␣", "\n": "\\n", "\t": "\\t"}
 
 @dataclass
 class DiagnosticsResult:
-    settings: AnalysisSettings
+    settings: AnalysisConfig
     table: PositionTable          # one row per scored position
     labels: np.ndarray            # [N] "lock" / "fork" / "other"
     summaries: dict[str, ClassSummary]
@@ -88,16 +88,16 @@ def _describe(model: Any) -> str:
 
 def diagnose(samples: Iterable[Mapping[str, Any]], *, base_model: str | Path | torch.nn.Module,
              adapter: str | Path | None = None, ssd_model: str | Path | torch.nn.Module | None = None,
-             settings: AnalysisSettings | None = None, tokenizer: Any | None = None,
+             settings: AnalysisConfig | None = None, tokenizer: Any | None = None,
              progress: Callable[[int, int], None] | None = None, **overrides: Any) -> DiagnosticsResult:
     """Score every completion position of `samples` under base and SSD, classify, summarise.
 
     The SSD model is `adapter` (a peft LoRA folder applied to `base_model`) or `ssd_model` (any HF
     causal LM, a path or a loaded module). `overrides` replace fields of `settings`, e.g.
-    `temperature=1.1`. `tokenizer` (anything with `.decode(list[int])`) labels the example tokens;
+    `t_eval=1.1`. `tokenizer` (anything with `.decode(list[int])`) labels the example tokens;
     by default the base model folder's tokenizer is used when it has one.
     """
-    settings = dataclasses.replace(settings or AnalysisSettings(), **overrides)
+    settings = dataclasses.replace(settings or AnalysisConfig(), **overrides)
     chosen = select_samples(samples, settings.max_samples)
     if not chosen:
         raise ValueError("no usable samples: each needs prompt_token_ids and a non-empty completion_token_ids")

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from diagnostics import measures
-from diagnostics.settings import AnalysisSettings
+from diagnostics.config import AnalysisConfig
 from diagnostics.truncation import truncation_mask
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,14 @@ class ModelPair:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.base.get_output_embeddings().weight.shape[0])
+        return int(self.base.get_output_embeddings().weight.shape[0])  # type: ignore[operator]
 
     @property
     def context_length(self) -> int | None:
         return getattr(self.base.config, "max_position_embeddings", None)
 
     def base_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        context = self.base.disable_adapter() if self._uses_adapter else nullcontext()
+        context = self.base.disable_adapter() if self._uses_adapter else nullcontext()  # type: ignore[operator]
         with context:
             return _forward(self.base, input_ids, attention_mask)
 
@@ -110,6 +110,14 @@ def load_causal_lm(name_or_path: str | Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(resolve_model(str(name_or_path)), dtype=torch.float32).eval()
 
 
+def load_adapted_lm(name_or_path: str | Path, adapter_dir: str | Path) -> torch.nn.Module:
+    """The base model with a LoRA adapter merged in: an SSD round's model as a plain module (the
+    base of the next round's comparison)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_causal_lm(name_or_path), str(adapter_dir)).merge_and_unload().eval()
+
+
 def load_model_pair(base_model: str | Path | torch.nn.Module, adapter: str | Path | None = None,
                     ssd_model: str | Path | torch.nn.Module | None = None) -> ModelPair:
     """Exactly one of `adapter` (a peft LoRA folder) and `ssd_model` names the SSD model."""
@@ -119,6 +127,7 @@ def load_model_pair(base_model: str | Path | torch.nn.Module, adapter: str | Pat
     if adapter is not None:
         from peft import PeftModel
         return ModelPair(PeftModel.from_pretrained(base, str(adapter)).eval())
+    assert ssd_model is not None
     ssd = ssd_model if isinstance(ssd_model, torch.nn.Module) else load_causal_lm(ssd_model)
     return ModelPair(base, ssd)
 
@@ -129,7 +138,7 @@ def load_model_pair(base_model: str | Path | torch.nn.Module, adapter: str | Pat
 class PositionTable:
     """One row per scored completion position. `base_*` is before SSD, `ssd_*` after.
 
-    Distribution measures (top1, entropy, tails) are at `settings.temperature`; the decomposition
+    Distribution measures (top1, entropy, tails) are at `settings.t_eval`; the decomposition
     terms use the models' temperature-1 distributions and the support S (see docs/diagnostics.md).
     """
     sample_id: np.ndarray            # [N] str
@@ -163,7 +172,7 @@ class PositionTable:
         return int(self.token_id.shape[0])
 
     @classmethod
-    def concat(cls, parts: Sequence[dict[str, np.ndarray]]) -> "PositionTable":
+    def concat(cls, parts: Sequence[dict[str, np.ndarray]]) -> PositionTable:
         names = [f.name for f in dataclasses.fields(cls)]
         if not parts:
             return cls(**{n: np.zeros((0,), dtype=np.float32) for n in names})
@@ -171,15 +180,15 @@ class PositionTable:
 
 
 def measure_positions(base_logits: torch.Tensor, ssd_logits: torch.Tensor,
-                      settings: AnalysisSettings) -> dict[str, torch.Tensor]:
+                      settings: AnalysisConfig) -> dict[str, torch.Tensor]:
     """All per-position measures for logits [N, V] of the two models at the same positions."""
-    base_t = torch.softmax(base_logits / settings.temperature, dim=-1)
-    ssd_t = torch.softmax(ssd_logits / settings.temperature, dim=-1)
+    base_t = torch.softmax(base_logits / settings.t_eval, dim=-1)
+    ssd_t = torch.softmax(ssd_logits / settings.t_eval, dim=-1)
     base_1 = torch.softmax(base_logits, dim=-1)
     ssd_1 = torch.softmax(ssd_logits, dim=-1)
-    support = truncation_mask(base_logits, settings.train_temperature, settings.top_k, settings.top_p)
+    support = truncation_mask(base_logits, settings.t_train, settings.top_k, settings.top_p)
     base_argmax = base_t.argmax(dim=-1)
-    t_train = settings.train_temperature
+    t_train = settings.t_train
     out = {
         "support_size": support.sum(dim=-1),
         "base_top1": measures.top1_prob(base_t), "ssd_top1": measures.top1_prob(ssd_t),
@@ -215,7 +224,7 @@ def _top_tokens(base_t: torch.Tensor, ssd_t: torch.Tensor, k: int) -> dict[str, 
 
 # -- batching ----------------------------------------------------------------------------------
 
-def _scored_length(sample: HeldOutSample, settings: AnalysisSettings, context_length: int | None) -> int:
+def _scored_length(sample: HeldOutSample, settings: AnalysisConfig, context_length: int | None) -> int:
     """How many completion tokens of this sample we score (cut to the setting and the context)."""
     n = min(len(sample.completion_token_ids), settings.max_completion_tokens)
     if context_length is not None:
@@ -255,7 +264,7 @@ def _right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 
 def _score_batch(pair: ModelPair, samples: Sequence[HeldOutSample], lengths: Sequence[int],
-                 batch: list[int], settings: AnalysisSettings) -> dict[str, np.ndarray]:
+                 batch: list[int], settings: AnalysisConfig) -> dict[str, np.ndarray]:
     # Input is prompt + completion minus its last token; logits at index i predict token i + 1.
     rows, reads = [], []
     for i in batch:
@@ -280,7 +289,7 @@ def _score_batch(pair: ModelPair, samples: Sequence[HeldOutSample], lengths: Seq
     return out
 
 
-def score_positions(pair: ModelPair, samples: Sequence[HeldOutSample], settings: AnalysisSettings,
+def score_positions(pair: ModelPair, samples: Sequence[HeldOutSample], settings: AnalysisConfig,
                     progress: Callable[[int, int], None] | None = None) -> PositionTable:
     """Teacher-forced measures at every scored completion position of every sample."""
     lengths = [_scored_length(s, settings, pair.context_length) for s in samples]

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from common.plots import save_figure
 from diagnostics.summary import FORK, LOCK, OTHER, ExamplePosition
 
 if TYPE_CHECKING:
     from diagnostics.analysis import DiagnosticsResult
 
 HISTOGRAM_BINS = 40
-FIGURE_DPI = 110
 HISTOGRAM_SIZE_IN = (6.0, 3.4)
 EXAMPLE_PANEL_SIZE_IN = (4.6, 3.2)
 EXAMPLE_COLUMNS = 2
@@ -47,11 +47,10 @@ def _histogram(changes: np.ndarray, title: str, xlabel: str, path: Path) -> None
     ax.set_xlabel(xlabel)
     ax.set_ylabel("positions")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=FIGURE_DPI)
+    save_figure(fig, path)
 
 
-def _decomposition_plot(result: "DiagnosticsResult", path: Path) -> None:
+def _decomposition_plot(result: DiagnosticsResult, path: Path) -> None:
     terms = [("compression", "-log KeptMass"), ("head", "(1-T) H_1/T(.|S)"), ("kl", "KL(.|S || p^T|S)")]
     classes = [c for c in (LOCK, FORK, OTHER) if result.summaries[c].count]
     fig = Figure(figsize=(3.2 * max(len(classes), 1), 3.4))
@@ -67,8 +66,7 @@ def _decomposition_plot(result: "DiagnosticsResult", path: Path) -> None:
         if i == 1:
             ax.set_ylabel("nats (mean)")
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=FIGURE_DPI)
+    save_figure(fig, path)
 
 
 def _short(token: str) -> str:
@@ -90,11 +88,10 @@ def _examples_plot(examples: list[ExamplePosition], path: Path) -> None:
                      f"{example.before:.3f} → {example.after:.3f}", fontsize=8)
         if i == 1:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=FIGURE_DPI)
+    save_figure(fig, path)
 
 
-def write_plots(result: "DiagnosticsResult", out_dir: Path) -> dict[str, Path]:
+def write_plots(result: DiagnosticsResult, out_dir: Path) -> dict[str, Path]:
     """Draw every plot that has data; return {plot name: PNG path}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table, labels, written = result.table, result.labels, {}
@@ -132,7 +129,7 @@ def _arrow(summary, measure: str) -> str:
     return f"{_fmt(before)} → {_fmt(after)} ({after - before:+.4f})"
 
 
-def _class_table(result: "DiagnosticsResult") -> list[str]:
+def _class_table(result: DiagnosticsResult) -> list[str]:
     total = max(len(result.table), 1)
     lines = ["| class | positions | distractor tail | entropy (nats) | entropy within S | top-1 prob | as predicted |",
              "|---|---|---|---|---|---|---|"]
@@ -144,7 +141,7 @@ def _class_table(result: "DiagnosticsResult") -> list[str]:
     return lines
 
 
-def _decomposition_table(result: "DiagnosticsResult") -> list[str]:
+def _decomposition_table(result: DiagnosticsResult) -> list[str]:
     lines = ["| class | support compression −log KeptMass | head reshaping (1−T)·H_1/T(·\\|S) | "
              "KL anchor D_KL(·\\|S ‖ p^T\\|S) |", "|---|---|---|---|"]
     for name in (LOCK, FORK, OTHER):
@@ -157,7 +154,7 @@ def _image(title: str, path: Path, relative_to: Path) -> str:
     return f"![{title}]({Path(os.path.relpath(path, relative_to)).as_posix()})"
 
 
-def write_report_section(result: "DiagnosticsResult", out_dir: str | Path, *,
+def write_report_section(result: DiagnosticsResult, out_dir: str | Path, *,
                          relative_to: str | Path | None = None, heading: str = "##") -> str:
     """Write the PNGs into `out_dir` and return the markdown section that embeds them.
 
@@ -172,7 +169,7 @@ def write_report_section(result: "DiagnosticsResult", out_dir: str | Path, *,
         "",
         f"{result.num_samples} held-out samples, {len(result.table)} completion positions; "
         f"base = `{result.base_name}`, SSD = `{result.ssd_name}`. Distributions compared at T = "
-        f"{s.temperature}; support S from the base at T_train = {s.train_temperature}, top-k {s.top_k}, "
+        f"{s.t_eval}; support S from the base at T_train = {s.t_train}, top-k {s.top_k}, "
         f"top-p {s.top_p}. Lock: base top-1 ≥ {s.lock_min_top1}. Fork: base entropy ≥ "
         f"{s.fork_min_entropy} nats and top-1 < {s.fork_max_top1}. Each cell is base → SSD (change).",
         "",

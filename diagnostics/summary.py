@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from diagnostics.config import AnalysisConfig
 from diagnostics.positions import PositionTable
-from diagnostics.settings import AnalysisSettings
 
 LOCK, FORK, OTHER = "lock", "fork", "other"
 CLASSES = (LOCK, FORK, OTHER)
@@ -18,8 +18,8 @@ MEASURES = ("tail", "entropy", "head_entropy", "top1", "compression", "head", "k
 TAIL_COLUMN = {LOCK: "lock_tail", FORK: "fork_tail", OTHER: "fork_tail"}
 
 
-def classify(top1: np.ndarray, entropy: np.ndarray, settings: AnalysisSettings) -> np.ndarray:
-    """Label each position lock / fork / other from the *base* distribution at settings.temperature."""
+def classify(top1: np.ndarray, entropy: np.ndarray, settings: AnalysisConfig) -> np.ndarray:
+    """Label each position lock / fork / other from the *base* distribution at settings.t_eval."""
     labels = np.full(top1.shape, OTHER, dtype=object)
     labels[top1 >= settings.lock_min_top1] = LOCK
     labels[(entropy >= settings.fork_min_entropy) & (top1 < settings.fork_max_top1)] = FORK

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from common.protocol import MIN_P_DISABLED, TOP_K_DISABLED, TOP_P_DISABLED
+
 GREEDY_TEMPERATURE = 1e-5   # vLLM's _SAMPLING_EPS: below this a request is greedy
-TOP_K_DISABLED = -1         # the API's "off" value; 0 is treated the same, as in vLLM
-TOP_P_DISABLED = 1.0
-MIN_P_DISABLED = 0.0
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:

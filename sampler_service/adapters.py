@@ -31,10 +31,11 @@ import shutil
 import struct
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from common.protocol import ADAPTER_CONFIG_FILE, ADAPTER_FILES, ADAPTER_WEIGHTS_FILE, adapter_ref
 from sampler_service.errors import AdapterRejected, EngineUnavailable, NotFound

@@ -24,8 +24,14 @@ from common.protocol import ADAPTER_FILES, DEFAULT_PAGE_SIZE, FINAL_JOB_STATUSES
 from sampler_service.adapters import AdapterRegistry
 from sampler_service.config import ServiceConfig
 from sampler_service.engine import Engine
-from sampler_service.errors import (InvalidRequest, NotFound, PayloadTooLarge, error_response, install_error_handlers,
-                                    invalid_request_from)
+from sampler_service.errors import (
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    error_response,
+    install_error_handlers,
+    invalid_request_from,
+)
 from sampler_service.jobs import JobRunner
 from sampler_service.metrics import Metrics
 from sampler_service.schemas import AdapterPathRequest, JobRequest, SampleRequest, is_valid_adapter_name
@@ -193,6 +199,7 @@ def _health_routes(app: FastAPI, state: ServiceState) -> None:
         or `dead` otherwise."""
         if engine.ready:
             return JSONResponse({"status": "ok", "model": state.model_name, "model_path": state.model_path,
+                                 "device": "cpu" if engine.is_cpu else "gpu", "max_model_len": engine.max_model_len,
                                  "uptime_s": round(time.time() - state.started_at, 1)})
         status = "dead" if engine.dead or engine.startup_error else "loading"
         return JSONResponse({"status": status, "model": state.model_name, "error": engine.startup_error},

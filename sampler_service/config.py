@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.config import check_range, require
+from common.config import check_range, help_meta, require
 from common.protocol import DEFAULT_MAX_N, DEFAULT_PORT
 
 # Bounds a request may not exceed. Named here so that the API docs, the validation and the tests
@@ -19,61 +19,60 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_ADAPTER_BYTES = 4 * 1024 * 1024 * 1024   # a rank-64 adapter on a 30B model is GBs
 DEFAULT_JOB_CONCURRENCY = 64     # prompts of one job in flight, so continuous batching stays full
 DEFAULT_MAX_LORA_RANK = 64
+MAX_COUNT = 2 ** 62              # sizes and counts: only their lower bound matters
+MAX_KV_CACHE_GB = 1 << 20
 POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
 
 
 @dataclass
 class ServiceConfig:
-    model: str = field(default="demo", metadata=_help("model: `demo`, an HF folder, or a hub id"))
-    host: str = field(default="127.0.0.1", metadata=_help("address to bind"))
-    port: int = field(default=DEFAULT_PORT, metadata=_help("port to bind"))
+    model: str = field(default="demo", metadata=help_meta("model: `demo`, an HF folder, or a hub id"))
+    host: str = field(default="127.0.0.1", metadata=help_meta("address to bind"))
+    port: int = field(default=DEFAULT_PORT, metadata=help_meta("port to bind"))
     data_dir: Path = field(default=Path(".ssd/service"),
-                           metadata=_help("durable store (SQLite) and uploaded adapters live here"))
-    dtype: str = field(default="auto", metadata=_help("auto = float32 on CPU, bfloat16 on GPU"))
-    max_model_len: int = field(default=2048, metadata=_help("context length the engine reserves"))
-    enforce_eager: bool = field(default=True, metadata=_help("skip torch.compile warm-up (~45 s vs ~140 s start on CPU)"))
-    enable_lora: bool = field(default=True, metadata=_help("serve LoRA adapters"))
-    max_loras: int = field(default=2, metadata=_help("adapters resident in one batch (2 lets a swap overlap)"))
-    max_lora_rank: int = field(default=DEFAULT_MAX_LORA_RANK, metadata=_help("largest adapter rank accepted"))
-    max_cpu_loras: int = field(default=4, metadata=_help("adapters cached in host memory"))
-    kv_cache_gb: float = field(default=2.0, metadata=_help("CPU KV cache size in GiB (0 = engine default)"))
-    gpu_memory_utilization: float = field(default=0.85, metadata=_help("GPU only"))
-    max_num_seqs: int = field(default=256, metadata=_help("sequences the engine batches at once"))
-    max_n: int = field(default=DEFAULT_MAX_N, metadata=_help("largest `n` a request may ask for"))
-    max_queue: int = field(default=DEFAULT_MAX_QUEUE, metadata=_help("engine requests in flight before 503"))
-    max_body_bytes: int = field(default=DEFAULT_MAX_BODY_BYTES, metadata=_help("larger bodies get 413"))
-    max_adapter_bytes: int = field(default=DEFAULT_MAX_ADAPTER_BYTES, metadata=_help(
+                           metadata=help_meta("durable store (SQLite) and uploaded adapters live here"))
+    dtype: str = field(default="auto", metadata=help_meta("auto = float32 on CPU, bfloat16 on GPU"))
+    max_model_len: int = field(default=0, metadata=help_meta(
+        "context length the engine reserves; 0 = the model's own, capped on the CPU by what the KV cache holds"))
+    enforce_eager: bool = field(default=True, metadata=help_meta(
+        "skip torch.compile warm-up (~45 s vs ~140 s start on CPU)"))
+    enable_lora: bool = field(default=True, metadata=help_meta("serve LoRA adapters"))
+    max_loras: int = field(default=2, metadata=help_meta("adapters resident in one batch (2 lets a swap overlap)"))
+    max_lora_rank: int = field(default=DEFAULT_MAX_LORA_RANK, metadata=help_meta("largest adapter rank accepted"))
+    max_cpu_loras: int = field(default=4, metadata=help_meta("adapters cached in host memory"))
+    kv_cache_gb: float = field(default=2.0, metadata=help_meta("CPU KV cache size in GiB (0 = engine default)"))
+    gpu_memory_utilization: float = field(default=0.85, metadata=help_meta("GPU only"))
+    max_num_seqs: int = field(default=256, metadata=help_meta("sequences the engine batches at once"))
+    max_n: int = field(default=DEFAULT_MAX_N, metadata=help_meta("largest `n` a request may ask for"))
+    max_queue: int = field(default=DEFAULT_MAX_QUEUE, metadata=help_meta("engine requests in flight before 503"))
+    max_body_bytes: int = field(default=DEFAULT_MAX_BODY_BYTES, metadata=help_meta("larger bodies get 413"))
+    max_adapter_bytes: int = field(default=DEFAULT_MAX_ADAPTER_BYTES, metadata=help_meta(
         "larger adapter uploads get 413"))
-    job_concurrency: int = field(default=DEFAULT_JOB_CONCURRENCY, metadata=_help("prompts of one job in flight"))
-    cpu_threads: str = field(default="auto", metadata=_help(
+    job_concurrency: int = field(default=DEFAULT_JOB_CONCURRENCY, metadata=help_meta("prompts of one job in flight"))
+    cpu_threads: str = field(default="auto", metadata=help_meta(
         "CPU cores for the engine, e.g. `0-1`; auto = all cores (1.7x faster than vLLM's default)"))
-    log_level: str = field(default="info", metadata=_help("uvicorn log level"))
+    log_level: str = field(default="info", metadata=help_meta("uvicorn log level"))
     # -- scaling out: vLLM's own parallelism, and several replicas over one PostgreSQL store -------
-    tensor_parallel_size: int = field(default=1, metadata=_help(
+    tensor_parallel_size: int = field(default=1, metadata=help_meta(
         "GPUs that split every layer's weights (vLLM tensor parallelism; docs/deployment.md)"))
-    pipeline_parallel_size: int = field(default=1, metadata=_help("GPUs (or nodes) the layers are staged across"))
-    data_parallel_size: int = field(default=1, metadata=_help("full engine copies inside this one service"))
-    store: str = field(default="", metadata=_help(
+    pipeline_parallel_size: int = field(default=1, metadata=help_meta("GPUs (or nodes) the layers are staged across"))
+    data_parallel_size: int = field(default=1, metadata=help_meta("full engine copies inside this one service"))
+    store: str = field(default="", metadata=help_meta(
         "empty = SQLite in data_dir; a postgresql:// URL = PostgreSQL shared by every replica"))
-    replica_id: str = field(default="", metadata=_help("this replica's name in the store; empty = host:port/random"))
-    lease_s: float = field(default=30.0, metadata=_help(
+    replica_id: str = field(default="", metadata=help_meta("this replica's name in the store; empty = host:port/random"))
+    lease_s: float = field(default=30.0, metadata=help_meta(
         "a replica's lease on a prompt (and its liveness) expires this long after its last heartbeat"))
-    adapter_sync_timeout_s: float = field(default=300.0, metadata=_help(
+    adapter_sync_timeout_s: float = field(default=300.0, metadata=help_meta(
         "an upload waits this long for every live replica to load the new version"))
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
-        for name in ("port", "max_model_len", "max_loras", "max_lora_rank", "max_cpu_loras",
+        check_range("max_model_len", self.max_model_len, 0, MAX_COUNT)
+        for name in ("port", "max_loras", "max_lora_rank", "max_cpu_loras",
                      "max_num_seqs", "max_n", "max_queue", "max_body_bytes", "max_adapter_bytes",
                      "job_concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.kv_cache_gb < 0:
-            raise ValueError(f"kv_cache_gb must be >= 0, got {self.kv_cache_gb}")
+            check_range(name, getattr(self, name), 1, MAX_COUNT)
+        check_range("kv_cache_gb", self.kv_cache_gb, 0, MAX_KV_CACHE_GB)
         self._check_scaling()
 
     def _check_scaling(self) -> None:

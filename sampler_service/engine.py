@@ -9,12 +9,15 @@ flight, beyond which synchronous callers get 503 + Retry-After and job runners w
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from common.protocol import SAMPLING_FIELDS
 from sampler_service.config import ServiceConfig
 from sampler_service.errors import EngineUnavailable, InvalidRequest, Overloaded
 from sampler_service.store import Completion
@@ -22,11 +25,40 @@ from sampler_service.store import Completion
 log = logging.getLogger("sampler_service.engine")
 
 OVERLOADED_RETRY_AFTER_S = 2
+FALLBACK_CONTEXT = 2048        # a model config without max_position_embeddings
+FLOAT32_BYTES = 4              # the CPU engine computes in float32 (docs/cpu-notes.md)
+
+# The wire's sampling fields are vLLM's own SamplingParams arguments, but for `adapter`, which picks
+# the LoRA request instead.
+ENGINE_FIELDS = tuple(name for name in SAMPLING_FIELDS if name != "adapter")
+
+
+def resolve_max_model_len(config: ServiceConfig, model_path: str, is_cpu: bool) -> int:
+    """The context to reserve: the operator's number, else the model's own. On the CPU the KV cache
+    has a fixed size (`kv_cache_gb`), so the model's context is capped by what it holds; a GPU
+    engine sizes its cache itself, and 0 leaves the choice to vLLM."""
+    if config.max_model_len:
+        return config.max_model_len
+    if not is_cpu:
+        return 0
+    hf = json.loads((Path(model_path) / "config.json").read_text()) if (Path(model_path) / "config.json").is_file() \
+        else {}
+    own = int(hf.get("max_position_embeddings") or FALLBACK_CONTEXT)
+    heads = int(hf.get("num_attention_heads") or 1)
+    head_dim = int(hf.get("head_dim") or int(hf.get("hidden_size") or 0) // heads)
+    per_token = 2 * int(hf.get("num_hidden_layers") or 0) * int(hf.get("num_key_value_heads") or heads) \
+        * head_dim * FLOAT32_BYTES
+    if config.kv_cache_gb <= 0 or per_token <= 0:
+        return own
+    fits = int(config.kv_cache_gb * 2 ** 30 // per_token)
+    if fits < own:
+        log.info("context %d capped to %d tokens: what a %.1f GiB KV cache holds", own, fits, config.kv_cache_gb)
+    return min(own, fits)
 
 
 def configure_cpu_threads(cpu_threads: str) -> None:
     """vLLM's CPU engine binds its compute threads to one core and reserves the rest by default;
-    on a 2-core box binding to all cores made it 1.7x faster (REFERENCE §3). The env vars must be
+    on a 2-core box binding to all cores made it 1.7x faster (docs/cpu-notes.md). The env vars must be
     set before the engine's worker process is spawned; explicit user settings win."""
     cores = cpu_threads if cpu_threads != "auto" else f"0-{max(os.cpu_count() or 1, 1) - 1}"
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
@@ -74,6 +106,7 @@ class Engine:
         self._tokenizer: Any = None
         self.is_cpu = True
         self.startup_error: str | None = None
+        self.max_model_len = config.max_model_len   # resolved from the model at start when 0
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -86,16 +119,21 @@ class Engine:
             configure_cpu_threads(self.config.cpu_threads)
             if self.config.kv_cache_gb > 0:
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(int(self.config.kv_cache_gb), 1)))
+        self.max_model_len = resolve_max_model_len(self.config, self.model_path, self.is_cpu)
         args = AsyncEngineArgs(**self._engine_kwargs())
         # Building the engine blocks for tens of seconds; keep the event loop (and /health) live.
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self._tokenizer = self._llm.get_tokenizer()
+        # On a GPU vLLM sized the context itself (None = the model's own); report what it chose.
+        model_config = getattr(self._llm, "model_config", None)
+        self.max_model_len = int(getattr(model_config, "max_model_len", 0) or self.max_model_len)
+        log.info("serving %s with a context of %d tokens", self.model_path, self.max_model_len)
 
     def _engine_kwargs(self) -> dict[str, Any]:
         cfg = self.config
         dtype = cfg.dtype if cfg.dtype != "auto" else ("float32" if self.is_cpu else "auto")
         kwargs: dict[str, Any] = dict(
-            model=self.model_path, dtype=dtype, max_model_len=cfg.max_model_len,
+            model=self.model_path, dtype=dtype, max_model_len=self.max_model_len or None,
             enforce_eager=cfg.enforce_eager, max_num_seqs=cfg.max_num_seqs, disable_log_stats=True,
             tensor_parallel_size=cfg.tensor_parallel_size, pipeline_parallel_size=cfg.pipeline_parallel_size,
             data_parallel_size=cfg.data_parallel_size,
@@ -141,7 +179,7 @@ class Engine:
         return text, list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def check_fits(self, prompt_ids: list[int], max_tokens: int) -> None:
-        limit = self.config.max_model_len
+        limit = self.max_model_len
         if len(prompt_ids) + max_tokens > limit:
             raise InvalidRequest(
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the context "
@@ -160,10 +198,7 @@ class Engine:
             raise InvalidRequest(f"n must be <= {self.config.max_n}, got {params['n']}", param="n")
         try:
             return SamplingParams(
-                n=params["n"], temperature=params["temperature"], top_k=params["top_k"],
-                top_p=params["top_p"], min_p=params["min_p"], max_tokens=params["max_tokens"],
-                stop=params.get("stop"), seed=params.get("seed"), logprobs=params.get("logprobs"),
-                ignore_eos=params.get("ignore_eos", False),
+                **{name: params[name] for name in ENGINE_FIELDS if params.get(name) is not None},
                 # FINAL_ONLY: one output holding all n completions. The streaming kinds hand back
                 # one child at a time, and a collector that keeps only the last output loses the rest.
                 output_kind=RequestOutputKind.FINAL_ONLY)

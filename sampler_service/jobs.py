@@ -168,7 +168,7 @@ class JobRunner:
         text, prompt_ids = self.engine.render(value)
         # A prompt too long for the context can't be sampled; record it as done with no samples
         # rather than failing the whole job.
-        max_new = min(job["params"]["max_tokens"], self.engine.config.max_model_len - len(prompt_ids))
+        max_new = min(job["params"]["max_tokens"], self.engine.max_model_len - len(prompt_ids))
         if max_new < 1:
             log.warning("job %s prompt %s is longer than the context; skipped", job["id"], prompt_id)
             result = PromptResult(idx, prompt_id, text, prompt_ids, [], None)

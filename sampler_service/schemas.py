@@ -13,10 +13,25 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.protocol import (ADAPTER_NAME_PATTERN, ADAPTER_REF_PATTERN, DEFAULT_MAX_TOKENS, MAX_DROP_SHORTEST_FRACTION,
-                             MAX_JOB_NAME_CHARS, MAX_LOGPROBS, MAX_PROMPT_ID_CHARS, MAX_PROMPTS_PER_JOB,
-                             MAX_PROMPTS_PER_REQUEST, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_TEMPERATURE,
-                             CHAT_ROLES, SAMPLING_FIELDS, TOP_K_DISABLED)
+from common.protocol import (
+    ADAPTER_NAME_PATTERN,
+    ADAPTER_REF_PATTERN,
+    CHAT_ROLES,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_SHORTEST_BY,
+    MAX_DROP_SHORTEST_FRACTION,
+    MAX_JOB_NAME_CHARS,
+    MAX_LOGPROBS,
+    MAX_PROMPT_ID_CHARS,
+    MAX_PROMPTS_PER_JOB,
+    MAX_PROMPTS_PER_REQUEST,
+    MAX_STOP_STRING_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_TEMPERATURE,
+    SAMPLING_FIELDS,
+    SHORTEST_BY_CHOICES,
+    TOP_K_DISABLED,
+)
 
 
 class _Strict(BaseModel):
@@ -71,7 +86,7 @@ class SampleRequest(SamplingFields):
     messages: list[list[ChatMessage]] | None = Field(None, min_length=1, max_length=MAX_PROMPTS_PER_REQUEST)
 
     @model_validator(mode="after")
-    def _exactly_one_input(self) -> "SampleRequest":
+    def _exactly_one_input(self) -> SampleRequest:
         if (self.prompts is None) == (self.messages is None):
             raise ValueError("give exactly one of `prompts` or `messages`")
         items = self.prompts if self.prompts is not None else self.messages
@@ -94,7 +109,7 @@ class JobPrompt(_Strict):
     messages: list[ChatMessage] | None = None
 
     @model_validator(mode="after")
-    def _exactly_one_input(self) -> "JobPrompt":
+    def _exactly_one_input(self) -> JobPrompt:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError(f"prompt {self.id!r}: give exactly one of `prompt` or `messages`")
         if self.messages is not None and not self.messages:
@@ -108,10 +123,12 @@ class JobPrompt(_Strict):
 
 
 class JobFilters(_Strict):
-    """apple/ml-ssd's filters: drop empty completions, then the shortest fraction."""
+    """apple/ml-ssd's filters: drop empty completions, then the shortest fraction, measured in
+    characters (ml-ssd) or tokens (`shortest_by`); ties at the cut are kept."""
 
     drop_empty: bool = True
     drop_shortest_fraction: float = Field(0.0, ge=0.0, le=MAX_DROP_SHORTEST_FRACTION)
+    shortest_by: Literal[SHORTEST_BY_CHOICES] = DEFAULT_SHORTEST_BY  # type: ignore[valid-type]
 
 
 class JobRequest(SamplingFields):
@@ -120,7 +137,7 @@ class JobRequest(SamplingFields):
     name: str | None = Field(None, max_length=MAX_JOB_NAME_CHARS)
 
     @model_validator(mode="after")
-    def _prompts_valid(self) -> "JobRequest":
+    def _prompts_valid(self) -> JobRequest:
         if not self.prompts:
             raise ValueError("the prompt list is empty")
         seen: set[str] = set()

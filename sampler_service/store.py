@@ -32,7 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from common.protocol import ACTIVE_JOB_STATUSES, FILTER_EMPTY, FILTER_SHORTEST, JOB_COMPLETED, JOB_QUEUED, JOB_RUNNING
+from common.protocol import (
+    ACTIVE_JOB_STATUSES,
+    DEFAULT_SHORTEST_BY,
+    FILTER_EMPTY,
+    FILTER_SHORTEST,
+    JOB_COMPLETED,
+    JOB_QUEUED,
+    JOB_RUNNING,
+    SHORTEST_BY_TOKENS,
+)
 
 PENDING = "pending"  # held until the job ends, when the shortest-fraction cut is known
 
@@ -243,21 +252,25 @@ class Store:
             return True
 
     def _finish(self, db: Any, job_id: str, filters: dict, status: str, error: str | None) -> None:
-        self._settle_pending(db, job_id, filters.get("drop_shortest_fraction", 0.0))
+        self._settle_pending(db, job_id, filters.get("drop_shortest_fraction", 0.0),
+                             filters.get("shortest_by", DEFAULT_SHORTEST_BY))
         db.execute("UPDATE jobs SET status = ?, error = COALESCE(?, error), updated_at = ? WHERE id = ?",
                    (status, error, _now(), job_id))
 
     @staticmethod
-    def _settle_pending(db: Any, job_id: str, fraction: float) -> None:
-        lengths = [r["num_tokens"] for r in db.execute(
-            "SELECT num_tokens FROM samples WHERE job_id = ? AND filter_reason = ? ORDER BY num_tokens",
+    def _settle_pending(db: Any, job_id: str, fraction: float, shortest_by: str) -> None:
+        # ml-ssd measures a response by its characters (SQL length() counts characters, not bytes,
+        # in SQLite and PostgreSQL alike).
+        length = "num_tokens" if shortest_by == SHORTEST_BY_TOKENS else "length(completion)"
+        lengths = [r["n"] for r in db.execute(
+            f"SELECT {length} AS n FROM samples WHERE job_id = ? AND filter_reason = ? ORDER BY {length}",
             (job_id, PENDING)).fetchall()]
         if not lengths:
             return
         # ml-ssd: drop the shortest `fraction` of the non-empty responses. Ties at the cut are kept.
         threshold = lengths[min(int(fraction * len(lengths)), len(lengths) - 1)]
         db.execute("UPDATE samples SET kept = 0, filter_reason = ?"
-                   " WHERE job_id = ? AND filter_reason = ? AND num_tokens < ?",
+                   f" WHERE job_id = ? AND filter_reason = ? AND {length} < ?",
                    (FILTER_SHORTEST, job_id, PENDING, threshold))
         kept = db.execute("UPDATE samples SET kept = 1, filter_reason = NULL WHERE job_id = ? AND filter_reason = ?",
                           (job_id, PENDING)).rowcount

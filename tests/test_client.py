@@ -4,11 +4,13 @@ The server side is httpx's MockTransport: the thing under test is the client's b
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
 import client.api as api
-from client import BadRequest, NotFound, SamplerClient, ServiceUnavailable
+from client import AsyncSamplerClient, BadRequest, NotFound, SamplerClient, ServiceUnavailable
 
 
 def _client(handler, monkeypatch, sleeps: list[float]) -> SamplerClient:
@@ -90,3 +92,42 @@ def test_iter_samples_follows_pages_until_the_job_is_done(monkeypatch):
     sampler = _client(handler, monkeypatch, sleeps)
     assert [s["cursor"] for s in sampler.iter_samples("job")] == [1, 2, 3]
     assert seen_after == [0, 2, 2] and len(sleeps) == 1
+
+
+def test_the_async_client_offers_every_method_of_the_sync_one():
+    def public(cls):
+        return {name for name in dir(cls) if not name.startswith("_") and callable(getattr(cls, name))}
+
+    assert public(SamplerClient) - {"close"} == public(AsyncSamplerClient) - {"aclose"}
+
+
+def test_async_client_pages_waits_and_raises_like_the_sync_one():
+    pages = iter([{"samples": [{"cursor": 1}], "next_cursor": 1, "has_more": True},
+                  {"samples": [{"cursor": 2}], "next_cursor": 2, "has_more": False}])
+
+    def handler(request):
+        if request.url.path.endswith("/samples"):
+            return httpx.Response(200, json=next(pages))
+        return httpx.Response(404, json={"error": {"type": "not_found", "message": "unknown job 'x'", "param": "id"}})
+
+    async def run():
+        async with AsyncSamplerClient("http://test", transport=httpx.MockTransport(handler)) as sampler:
+            cursors = [s["cursor"] async for s in sampler.iter_samples("job", poll_s=0)]
+            with pytest.raises(NotFound, match="unknown job"):
+                await sampler.get_job("x")
+            return cursors
+
+    assert asyncio.run(run()) == [1, 2]
+
+
+def test_the_api_key_is_sent_as_a_bearer_token(monkeypatch):
+    seen = []
+
+    def handler(request):
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"status": "ok"})
+
+    monkeypatch.setenv("SSD_API_KEY", "from-env")
+    SamplerClient("http://test", transport=httpx.MockTransport(handler)).health()
+    SamplerClient("http://test", api_key="explicit", transport=httpx.MockTransport(handler)).health()
+    assert seen == ["Bearer from-env", "Bearer explicit"]

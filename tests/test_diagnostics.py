@@ -11,8 +11,8 @@ import torch
 
 from common.config import ConfigError
 from diagnostics import measures
+from diagnostics.config import AnalysisConfig
 from diagnostics.positions import PositionTable, measure_positions, select_samples
-from diagnostics.settings import AnalysisSettings
 from diagnostics.summary import FORK, LOCK, OTHER, classify, pick_examples, summarize
 from diagnostics.truncation import truncated_distribution, truncation_mask
 
@@ -130,22 +130,22 @@ def test_classification_on_hand_made_distributions():
     }
     top1 = np.array([measures.top1_prob(p).item() for p in cases.values()])
     entropy = np.array([measures.entropy(p).item() for p in cases.values()])
-    assert classify(top1, entropy, AnalysisSettings()).tolist() == [LOCK, FORK, OTHER, OTHER]
+    assert classify(top1, entropy, AnalysisConfig()).tolist() == [LOCK, FORK, OTHER, OTHER]
 
 
 def test_thresholds_are_settings():
-    settings = AnalysisSettings(lock_min_top1=0.99, fork_min_entropy=0.5)
+    settings = AnalysisConfig(lock_min_top1=0.99, fork_min_entropy=0.5)
     assert classify(np.array([0.95, 0.45]), np.array([0.2, 0.9]), settings).tolist() == [OTHER, FORK]
 
 
-@pytest.mark.parametrize("field,value", [("temperature", 0.0), ("top_p", 0.0), ("top_k", 0),
+@pytest.mark.parametrize("field,value", [("t_eval", 0.0), ("t_train", 0.0), ("top_p", 0.0), ("top_k", 0),
                                          ("lock_min_top1", 1.5), ("fork_max_top1", 0.95), ("max_samples", 0)])
 def test_out_of_bounds_settings_name_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
-        AnalysisSettings(**{field: value})
+        AnalysisConfig(**{field: value})
 
 
-def _table_from(base_logits: torch.Tensor, ssd_logits: torch.Tensor, settings: AnalysisSettings) -> PositionTable:
+def _table_from(base_logits: torch.Tensor, ssd_logits: torch.Tensor, settings: AnalysisConfig) -> PositionTable:
     out = {k: v.numpy() for k, v in measure_positions(base_logits, ssd_logits, settings).items()}
     n = base_logits.shape[0]
     out |= {"sample_id": np.array([f"s{i}" for i in range(n)]), "completion_index": np.arange(n),
@@ -155,15 +155,19 @@ def _table_from(base_logits: torch.Tensor, ssd_logits: torch.Tensor, settings: A
 
 def _lock_and_fork_logits() -> tuple[torch.Tensor, torch.Tensor]:
     vocab = 40
-    lock_before = torch.full((vocab,), 0.06 / (vocab - 1)); lock_before[0] = 0.94
-    lock_after = torch.full((vocab,), 0.01 / (vocab - 1)); lock_after[0] = 0.99
-    fork_before = torch.full((vocab,), 0.04 / (vocab - 4)); fork_before[1:5] = 0.24
-    fork_after = torch.full((vocab,), 0.004 / (vocab - 4)); fork_after[1:5] = 0.249
+    lock_before = torch.full((vocab,), 0.06 / (vocab - 1))
+    lock_before[0] = 0.94
+    lock_after = torch.full((vocab,), 0.01 / (vocab - 1))
+    lock_after[0] = 0.99
+    fork_before = torch.full((vocab,), 0.04 / (vocab - 4))
+    fork_before[1:5] = 0.24
+    fork_after = torch.full((vocab,), 0.004 / (vocab - 4))
+    fork_after[1:5] = 0.249
     return (torch.stack([lock_before, fork_before]).log(), torch.stack([lock_after, fork_after]).log())
 
 
 def test_summary_reports_lock_tail_falling_and_fork_spread_kept():
-    settings = AnalysisSettings()
+    settings = AnalysisConfig()
     base, ssd = _lock_and_fork_logits()
     table = _table_from(base, ssd, settings)
     labels = classify(table.base_top1, table.base_entropy, settings)
@@ -179,7 +183,7 @@ def test_summary_reports_lock_tail_falling_and_fork_spread_kept():
 
 
 def test_examples_show_the_union_of_both_models_top_tokens():
-    settings = AnalysisSettings(top_tokens_kept=3)
+    settings = AnalysisConfig(top_tokens_kept=3)
     base, ssd = _lock_and_fork_logits()
     table = _table_from(base, ssd, settings)
     labels = classify(table.base_top1, table.base_entropy, settings)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diagnostics.reference_sampler import SamplingParams, next_token, sample
 from diagnostics.truncation import truncated_distribution
+from tests.reference_sampler import SamplingParams, next_token, sample
 
 torch.set_num_threads(1)
 VOCAB, EOS = 24, 2

@@ -116,8 +116,28 @@ def test_safe_unpickle_rejects_zlib_bomb(monkeypatch):
     ("    return x + 1\n", "    return x + 1\n"),                                  # no fence: raw text
     ("", ""),
 ])
-def test_extract_code(text, expected):
+def test_extract_code_longest(text, expected):
+    assert extract_code(text, "longest") == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("```python\ndef f():\n    return 1\n```", "def f():\n    return 1\n"),
+    # the last block is the answer, even when it is a short usage example (ml-ssd, LiveCodeBench)
+    ("Here:\n```py\ndef f(x):\n    return x\n```\nusage:\n```python\nf(1)\n```", "f(1)\n"),
+    ("```python\nlong_solution = 1\nmore = 2\n```\n```\nshort = 3\n```", "short = 3\n"),   # any tag
+    ("```text\nnot code\n```\n```python\ncode = 1\n```", "code = 1\n"),
+    ("```python\nfirst = 1\n```\nthen:\n```python\ndef cut_off():\n    return", "first = 1\n"),  # unclosed
+    ("```python\ndef cut_off():\n    return", ""),                  # only an unclosed block: no code
+    ("    return x + 1\n", "    return x + 1\n"),                  # no fence at all: bare code
+    ("", ""),
+])
+def test_extract_code_last_is_the_default(text, expected):
     assert extract_code(text) == expected
+
+
+def test_extract_code_refuses_an_unknown_rule():
+    with pytest.raises(ValueError, match="longest"):
+        extract_code("x", "first")
 
 
 def test_humaneval_program_forms():

@@ -7,11 +7,14 @@ import json
 
 import pytest
 
+from common.cli import run_command
+from common.config import ConfigError
 from evaluation import cli
 from evaluation.benchmarks import get_benchmark
+from evaluation.config import EvalConfig
 from evaluation.metrics import rescore
 from evaluation.report import best_points, write_report
-from evaluation.runner import EvalConfig, evaluate, format_summary
+from evaluation.runner import evaluate, format_summary
 from evaluation.sweep import load_points, parse_grid, temperature_grid, temperature_sweep
 
 PROBLEMS = {p.prompt: p for p in get_benchmark("humaneval").problems(limit=4)}
@@ -65,15 +68,15 @@ def test_evaluate_scores_writes_and_rescores(tmp_path):
 def test_config_bounds():
     with pytest.raises(ValueError, match="n must be"):
         EvalConfig(n=0)
-    with pytest.raises(ValueError, match="temperature"):
-        EvalConfig(temperature=-1)
+    with pytest.raises(ConfigError, match="t_eval"):
+        EvalConfig(t_eval=-1)
 
 
 def test_sweep_grid_and_report(tmp_path):
     # Base improves up to T 0.8; the adapter is better everywhere.
     sampler = FakeSampler(lambda t, adapter: (2 if adapter else 1) if t <= 0.8 else 0)
     base = _config(tmp_path, n=2, ks=[1], run_name="study")
-    points = temperature_sweep(sampler, base, [0.4, 0.8, 1.2], adapter="ssd", adapter_t_train=1.6)
+    points = temperature_sweep(sampler, base, [0.4, 0.8, 1.2], adapter="ssd", t_train=1.6)
     assert [(p.label, p.t_eval) for p in points][:3] == [("base", 0.4), ("base", 0.8), ("base", 1.2)]
     assert points[3].t_eff == pytest.approx(0.4 * 1.6)
     best = best_points(points)
@@ -107,7 +110,6 @@ def test_cli_help_has_examples(capsys):
 
 
 def test_cli_eval_yaml_flags_and_rescore(tmp_path, monkeypatch, capsys):
-    import client.api
     fake = FakeSampler()
 
     class FakeClient:
@@ -118,7 +120,7 @@ def test_cli_eval_yaml_flags_and_rescore(tmp_path, monkeypatch, capsys):
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(client.api, "SamplerClient", FakeClient)
+    monkeypatch.setattr(cli, "SamplerClient", FakeClient)
     yaml_path = tmp_path / "eval.yaml"
     yaml_path.write_text(f"limit: 2\nn: 3\nsampler_url: http://fake:1\noutput_dir: {tmp_path}\nks: [1]\n")
     args = _parse(["eval", "--config", str(yaml_path), "--n", "2", "--run-name", "cli"])
@@ -133,5 +135,39 @@ def test_cli_eval_yaml_flags_and_rescore(tmp_path, monkeypatch, capsys):
 
 def test_cli_rejects_bad_config(tmp_path, capsys):
     args = _parse(["eval", "--n", "0"])
-    assert args.func(args) == 2
-    assert "n must be" in capsys.readouterr().err
+    assert run_command(args) == 2                     # the one error-to-exit-code mapping
+    assert "ssd eval: n must be" in capsys.readouterr().err
+
+
+class UsageExampleSampler(FakeSampler):
+    """Every answer is the right solution followed by a usage example in its own block."""
+
+    def sample(self, *, messages=None, **params):
+        response = super().sample(messages=messages, **params)
+        for result in response["results"]:
+            for completion in result["completions"]:
+                completion["text"] += "\nUsage:\n```python\nprint('example')\n```"
+        return response
+
+
+def test_code_extraction_option_reaches_the_checker(tmp_path):
+    last = evaluate(UsageExampleSampler(), _config(tmp_path, n=1, ks=[1], run_name="last"))
+    longest = evaluate(UsageExampleSampler(), _config(tmp_path, n=1, ks=[1], run_name="longest",
+                                                      code_extraction="longest"))
+    assert last.scores.overall["pass@1"].value == 0.0       # ml-ssd: the last block is the answer
+    assert longest.scores.overall["pass@1"].value == 1.0
+
+
+@pytest.mark.parametrize("field_name, value", [("output_check", "fuzzy"), ("code_extraction", "first")])
+def test_config_refuses_unknown_grading_rules(field_name, value):
+    with pytest.raises(ValueError, match=field_name):
+        EvalConfig(**{field_name: value})
+
+
+def test_repeat_seeds_send_repeat_i_with_seed_i(tmp_path):
+    sampler = FakeSampler()
+    result = evaluate(sampler, _config(tmp_path, limit=2, n=3, ks=[1], repeat_seeds=True, run_name="seeded"))
+    assert [(r["n"], r["seed"]) for r in sampler.requests] == [(1, 0), (1, 1), (1, 2)]
+    rows = [json.loads(line) for line in (result.output_dir / "samples.jsonl").read_text().splitlines()]
+    assert sorted((r["problem_id"], r["sample_index"]) for r in rows) == sorted(
+        (p, i) for p in {r["problem_id"] for r in rows} for i in range(3))

@@ -8,7 +8,7 @@
 2. A tiny Llama is trained from scratch on it (plain next-token cross-entropy, fresh data per step),
    so it learns the tail: at a lock, top-1 ~ 1 - LOCK_NOISE and a flat tail over the fillers.
 3. SSD through the project's real code paths: samples at T_train > 1 with top-k/top-p truncation
-   from `diagnostics.reference_sampler` (vLLM's semantics; vLLM cannot load this model), the
+   from `tests.reference_sampler` (vLLM's semantics; vLLM cannot load this model), the
    project's trainer (`trainer.recipe.train`, LoRA), then `diagnostics.diagnose` on clean held-out
    sequences.
 4. Assertions at the ground-truth positions: the distractor mass at locks falls; at forks the valid
@@ -27,8 +27,8 @@ import pytest
 import torch
 
 from diagnostics import diagnose
-from diagnostics.reference_sampler import SamplingParams, sample
 from diagnostics.summary import FORK, LOCK
+from tests.reference_sampler import SamplingParams, sample
 
 # One thread: on a shared 2-core machine a second OpenMP thread spin-waits and runs ~40x slower.
 torch.set_num_threads(1)
@@ -191,7 +191,7 @@ def mechanism(tmp_path_factory):
     print(f"SSD round done at {time.monotonic() - started:.0f}s, final loss {train_result.final_loss:.3f}")
     samples, kinds = held_out_samples()
     result = diagnose(samples, base_model=str(work / "base"), adapter=train_result.adapter_dir,
-                      tokenizer=TokenNames(), train_temperature=T_TRAIN, top_k=TOP_K, top_p=TOP_P,
+                      tokenizer=TokenNames(), t_train=T_TRAIN, top_k=TOP_K, top_p=TOP_P,
                       max_samples=HELD_OUT)
     truth = np.array([kind for sequence in kinds for kind in sequence], dtype=object)
     return {"result": result, "truth": truth, "ssd_samples": ssd_samples, "work": work}

@@ -6,8 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from sampler_service.errors import invalid_request_from
-from sampler_service.schemas import (MAX_STOP_STRINGS, MAX_TEMPERATURE, JobRequest, SampleRequest,
-                                     is_valid_adapter_name)
+from sampler_service.schemas import MAX_STOP_STRINGS, MAX_TEMPERATURE, JobRequest, SampleRequest, is_valid_adapter_name
 
 
 def _param_of(body: dict, model=SampleRequest) -> str | None:
@@ -52,3 +51,6 @@ def test_job_prompts_need_unique_ids_and_one_input_each():
             JobRequest.model_validate({"prompts": bad})
     assert _param_of({"prompts": [{"id": "a", "prompt": "x"}], "filters": {"drop_shortest_fraction": 1.0}},
                      JobRequest) == "filters.drop_shortest_fraction"
+    assert ok.filters.shortest_by == "chars"
+    assert _param_of({"prompts": [{"id": "a", "prompt": "x"}], "filters": {"shortest_by": "bytes"}},
+                     JobRequest) == "filters.shortest_by"

@@ -93,6 +93,58 @@ def test_shortest_fraction_is_cut_over_the_whole_job_when_the_last_prompt_lands(
     assert store.finish_job(job_id, "completed") is False  # already finished, by the last write
 
 
+def _record_texts_with_tokens(store: Store, job_id: str, filters: dict, items: list[tuple[str, int]]) -> None:
+    for idx, (text, num_tokens) in enumerate(items):
+        completion = Completion(text=text, token_ids=list(range(num_tokens)), finish_reason="stop")
+        store.record_prompt_result(job_id, PromptResult(idx, f"p{idx}", "q", [1], [completion], None), filters, 0.1)
+
+
+# Characters and tokens rank these completions in opposite orders: "a" * 40 is one long run of few
+# tokens, "x y" is short text of many tokens.
+_CHARS_VS_TOKENS = [("a" * 40, 2), ("b" * 30, 3), ("x y", 50), ("z w", 40)]
+
+
+@pytest.mark.parametrize("shortest_by, dropped", [("chars", {"x y", "z w"}), ("tokens", {"a" * 40, "b" * 30})])
+def test_shortest_fraction_measures_characters_by_default_and_tokens_on_request(store, shortest_by, dropped):
+    filters = {"drop_empty": True, "drop_shortest_fraction": 0.5, "shortest_by": shortest_by}
+    job_id = _job(store, len(_CHARS_VS_TOKENS), filters)
+    _record_texts_with_tokens(store, job_id, filters, _CHARS_VS_TOKENS)
+    store.finish_job(job_id, "completed")
+    everything = store.samples_page(job_id, 0, 100, include_filtered=True)
+    assert {s["completion"] for s in everything if s["filter_reason"] == "shortest"} == dropped
+
+
+def test_shortest_fraction_defaults_to_characters_when_the_job_does_not_say(store):
+    filters = {"drop_empty": True, "drop_shortest_fraction": 0.5}     # a job stored without `shortest_by`
+    job_id = _job(store, len(_CHARS_VS_TOKENS), filters)
+    _record_texts_with_tokens(store, job_id, filters, _CHARS_VS_TOKENS)
+    store.finish_job(job_id, "completed")
+    everything = store.samples_page(job_id, 0, 100, include_filtered=True)
+    assert {s["completion"] for s in everything if s["filter_reason"] == "shortest"} == {"x y", "z w"}
+
+
+def test_shortest_fraction_keeps_every_completion_tied_at_the_cut(store):
+    # 10 % of 10 is one sample, but the three shortest have the same length: ml-ssd keeps all three.
+    filters = {"drop_empty": True, "drop_shortest_fraction": 0.1, "shortest_by": "chars"}
+    texts = ["abc", "def", "ghi"] + ["x" * n for n in range(10, 17)]
+    job_id = _job(store, len(texts), filters)
+    _record_texts_with_tokens(store, job_id, filters, [(t, 1) for t in texts])
+    store.finish_job(job_id, "completed")
+    everything = store.samples_page(job_id, 0, 100, include_filtered=True)
+    assert [s["filter_reason"] for s in everything] == [None] * 10
+
+
+def test_the_cut_counts_characters_not_bytes(store):
+    # "éééé" is 4 characters and 8 bytes in UTF-8; by characters it is the shortest and is dropped.
+    filters = {"drop_empty": True, "drop_shortest_fraction": 0.25, "shortest_by": "chars"}
+    texts = ["éééé", "abcde", "abcdef", "abcdefg"]
+    job_id = _job(store, len(texts), filters)
+    _record_texts_with_tokens(store, job_id, filters, [(t, 1) for t in texts])
+    store.finish_job(job_id, "completed")
+    everything = store.samples_page(job_id, 0, 100, include_filtered=True)
+    assert [s["completion"] for s in everything if s["filter_reason"] == "shortest"] == ["éééé"]
+
+
 def test_pages_are_stable_and_cursors_increase(store):
     job_id = _job(store, 5)
     for idx in range(5):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.config import ConfigError, config_from_args
+from common.errors import EXIT_USAGE
 from trainer import cli
 from trainer.config import LORA_TARGETS_ALL_LINEAR, MAX_LORA_RANK, TrainConfig
 
@@ -72,9 +73,9 @@ def test_wrong_types_and_unknown_keys_in_yaml_are_errors(tmp_path):
 
 
 def test_cli_exits_2_with_a_clear_message(capsys):
-    assert cli.main(["--samples-file", "x.jsonl", "--lora-rank", "0"]) == cli.EXIT_BAD_CONFIG
+    assert cli.main(["--samples-file", "x.jsonl", "--lora-rank", "0"]) == EXIT_USAGE
     assert "lora_rank" in capsys.readouterr().err
-    assert cli.main(["--model", "demo"]) == cli.EXIT_BAD_CONFIG   # no samples source at all
+    assert cli.main(["--model", "demo"]) == EXIT_USAGE   # no samples source at all
     assert "job_id or samples_file" in capsys.readouterr().err
 
 

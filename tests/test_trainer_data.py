@@ -9,10 +9,18 @@ import httpx
 import pytest
 
 from client import JobStalled, SamplerClient
-
 from tests.test_trainer_fixtures import TINY_EOS, synthetic_samples
-from trainer.data import (IGNORE_INDEX, HttpSampleSource, JsonlSampleSource, ListSampleSource,
-                          MicroBatchStream, SampleEncoder, bucket_by_length, collate, eos_token_ids)
+from trainer.data import (
+    IGNORE_INDEX,
+    HttpSampleSource,
+    JsonlSampleSource,
+    ListSampleSource,
+    MicroBatchStream,
+    SampleEncoder,
+    bucket_by_length,
+    collate,
+    eos_token_ids,
+)
 
 MAX_SEQ_LEN = 64
 

@@ -1,16 +1,12 @@
-"""The `train` subcommand. `client/cli.py` calls `register(subparsers)`; `python -m trainer` uses `main()`."""
+"""The `train` subcommand: `ssd train`, or `python -m trainer` alone (as `ssd run` starts it)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from common.config import ConfigError, add_dataclass_flags, config_from_args
+from common.cli import add_config_flags, add_subcommand, standalone_main
+from common.config import config_from_args
 from trainer.config import TrainConfig
-
-EXIT_OK = 0
-EXIT_BAD_CONFIG = 2                  # argparse's own code for a usage error
-EXIT_FAILED = 1
 
 EPILOG = """\
 examples:
@@ -31,46 +27,28 @@ precedence: dataclass defaults < --config YAML < flags. Outputs in --output-dir:
 """
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, metavar="YAML", help="YAML file with TrainConfig fields")
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = add_subcommand(
+        subparsers, "train", help="fine-tune a LoRA adapter on a job's samples (SSD step 2)", epilog=EPILOG,
+        description="Fine-tune a LoRA adapter with cross-entropy on sampled completions (prompt tokens masked).")
+    add_config_flags(parser, TrainConfig, skip=("resume",))
     parser.add_argument("--resume", action="store_true", default=None,
                         help="continue from the newest complete checkpoint in output_dir")
-    add_dataclass_flags(parser, TrainConfig, skip=("resume",))
-
-
-def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "train", help="fine-tune a LoRA adapter on a job's samples (SSD step 2)",
-        description="Fine-tune a LoRA adapter with cross-entropy on sampled completions (prompt tokens masked).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_arguments(parser)
     parser.set_defaults(func=run_train_command)
     return parser
 
 
 def run_train_command(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(TrainConfig, args)
-    except ConfigError as exc:
-        print(f"ssd train: bad config: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    from trainer.recipe import train   # torch is imported only when training really starts
+    config = config_from_args(TrainConfig, args)
+    from trainer.recipe import train  # torch is imported only when training really starts
 
-    try:
-        result = train(config)
-    except ConfigError as exc:
-        print(f"ssd train: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+    result = train(config)
     print(f"adapter: {result.adapter_dir}")
     print(f"steps: {result.steps}  final loss: {result.final_loss:.4f}  metrics: {result.metrics_path}")
     if result.pushed:
         print(f"serving: {result.pushed.get('alias')} (version {result.pushed.get('version')})")
-    return EXIT_OK
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer", description="Fine-tune a LoRA adapter on SSD samples.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_arguments(parser)
-    return run_train_command(parser.parse_args(argv))
+    return standalone_main(register, "train", "trainer", argv)

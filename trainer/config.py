@@ -83,7 +83,8 @@ class TrainConfig:
     push: bool = field(default=False, metadata=help_meta("upload the adapter to sampler_url"))
     push_every: int = field(default=0, metadata=help_meta(
         "also push every K steps (needs push); 0 = only at the end"))
-    adapter_name: str = field(default=DEFAULT_ADAPTER_ALIAS, metadata=help_meta("adapter name (the alias) on the server"))
+    adapter_name: str = field(default=DEFAULT_ADAPTER_ALIAS, metadata=help_meta(
+        "adapter name (the alias) on the server"))
     page_size: int = field(default=DEFAULT_PAGE_SIZE, metadata=help_meta("samples per pull-API page"))
     stall_timeout_s: float = field(default=1800.0, metadata=help_meta(
         "give up when the job makes no progress (no new sample, no finished prompt) for this long"))

@@ -17,14 +17,15 @@ that order, so a resumed run sees exactly the micro-batches an uninterrupted run
 
 from __future__ import annotations
 
-import json
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from common.jsonl import read_jsonl
 from common.protocol import DEFAULT_PAGE_SIZE
 
 IGNORE_INDEX = -100                  # cross_entropy's default ignore_index
@@ -65,17 +66,7 @@ class JsonlSampleSource(ListSampleSource):
     """A JSONL export of the pull API (one sample per line). Blank lines are skipped."""
 
     def __init__(self, path: str | Path, *, after: int = 0):
-        path = Path(path)
-        samples = []
-        with path.open() as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    samples.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{line_number}: not valid JSON: {exc}") from exc
-        super().__init__(samples, after=after)
+        super().__init__(read_jsonl(path), after=after)
 
 
 class HttpSampleSource:

@@ -14,9 +14,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,11 +26,21 @@ from tqdm.auto import tqdm
 
 from client.api import SamplerClient
 from common.config import ConfigError, to_dict
+from common.jsonl import read_jsonl, write_jsonl
 from common.protocol import ADAPTER_WEIGHTS_FILE
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
-from trainer.data import (IGNORE_INDEX, DataPosition, HttpSampleSource, JsonlSampleSource, MicroBatch,
-                          MicroBatchStream, SampleEncoder, SampleSource, eos_token_ids)
+from trainer.data import (
+    IGNORE_INDEX,
+    DataPosition,
+    HttpSampleSource,
+    JsonlSampleSource,
+    MicroBatch,
+    MicroBatchStream,
+    SampleEncoder,
+    SampleSource,
+    eos_token_ids,
+)
 
 ADAPTER_DIRNAME = "adapter"
 CHECKPOINTS_DIRNAME = "checkpoints"
@@ -283,11 +294,8 @@ class LoRAFinetuneRecipe:
 
     def _trim_metrics(self) -> None:
         """Drop metric lines past the resumed step: those steps are about to be trained again."""
-        if not self.metrics_path.exists():
-            return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= self.step]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        if self.metrics_path.exists():
+            write_jsonl(self.metrics_path, [row for row in read_jsonl(self.metrics_path) if row["step"] <= self.step])
 
     # -- checkpoints --------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from evaluation.benchmarks.base import DIFFICULTIES, Benchmark, Problem, TestCase
 from evaluation.benchmarks.humaneval import HumanEval

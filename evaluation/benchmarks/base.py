@@ -8,8 +8,9 @@ class and registering it (see docs/evaluation.md, "Adding a benchmark").
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 TestType = Literal["functional", "stdin"]
 DIFFICULTIES = ("easy", "medium", "hard")

@@ -148,7 +148,7 @@ class LiveCodeBench(Benchmark):
         starter = raw.get("starter_code") or ""
         return Problem(
             id=str(raw.get("question_id") or f"line{line_no}"),
-            messages=lcb_messages(raw["question_content"], starter), test_type=test_type, tests=tests,
+            messages=lcb_messages(raw["question_content"], starter), test_type=test_type, tests=tests,  # type: ignore[arg-type]
             entry_point=metadata.get("func_name"), starter_code=starter, prompt=raw["question_content"],
             difficulty=difficulty,
             metadata={"contest_date": raw.get("contest_date"), "platform": raw.get("platform"),

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def ssd(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "client.cli", *argv], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ssd.cli", *argv], cwd=REPO, capture_output=True, text=True,
                           timeout=600)
 
 
@@ -24,7 +24,8 @@ def test_sample_takes_yaml_settings_and_flag_overrides(sampler_url, tmp_path):
     config = tmp_path / "sampling.yaml"
     config.write_text(yaml.safe_dump({"url": sampler_url, "n": 3, "temperature": 1.6, "top_k": 20, "top_p": 0.8,
                                       "max_tokens": 12}))
-    proc = ssd("sample", "--config", str(config), "--n", "2", "--chat", "Write a Python function that adds two numbers.")
+    proc = ssd("sample", "--config", str(config), "--n", "2", "--chat",
+               "Write a Python function that adds two numbers.")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("--- sample ") == 2  # the flag beat the YAML's n: 3
     assert "12 tokens" in proc.stdout or "stop" in proc.stdout

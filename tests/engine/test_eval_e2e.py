@@ -1,7 +1,7 @@
 """End to end: `ssd eval` on 3 HumanEval problems with the demo model through the real sampling
 service. Needs the session-scoped `sampler_url` fixture (tests/conftest.py), which starts the service.
 
-The demo model (SmolLM2-135M-Instruct) solves few HumanEval problems (REFERENCE.md §3: 6% greedy), so
+The demo model (SmolLM2-135M-Instruct) solves few HumanEval problems (docs/cpu-notes.md: 6% greedy), so
 the test checks the plumbing — every sample generated, checked in the sandbox, scored and written —
 not the score itself.
 """
@@ -26,8 +26,8 @@ VALID_STATUSES = {"passed", "failed", "timeout", "error", "blocked"}
 
 
 def _ssd(*argv: str) -> subprocess.CompletedProcess:
-    # `python -m client.cli` is exactly what the `ssd` console script runs.
-    return subprocess.run([sys.executable, "-m", "client.cli", *argv], capture_output=True, text=True,
+    # `python -m ssd.cli` is exactly what the `ssd` console script runs.
+    return subprocess.run([sys.executable, "-m", "ssd.cli", *argv], capture_output=True, text=True,
                           timeout=CLI_TIMEOUT_S, cwd=Path(__file__).resolve().parents[2])
 
 
@@ -58,9 +58,10 @@ def test_ssd_eval_humaneval_end_to_end(sampler_url, tmp_path):
 
 def test_evaluate_api_greedy_through_the_client(sampler_url, tmp_path):
     from client.api import SamplerClient
-    from evaluation.runner import EvalConfig, evaluate
+    from evaluation.config import EvalConfig
+    from evaluation.runner import evaluate
 
-    config = EvalConfig(problems=["HumanEval/0"], n=1, temperature=0.0, max_tokens=256, ks=[1],
+    config = EvalConfig(problems=["HumanEval/0"], n=1, t_eval=0.0, max_tokens=256, ks=[1],
                         output_dir=str(tmp_path), sampler_url=sampler_url, workers=1)
     with SamplerClient(sampler_url) as client:
         result = evaluate(client, config)

@@ -39,7 +39,7 @@ def _tiny_config(tmp_path: Path, sampler_url: str) -> Path:
 
 
 def _ssd_run(config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "client.cli", "run", "--config", str(config)], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "ssd.cli", "run", "--config", str(config)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -94,7 +94,7 @@ def test_ssd_run_writes_the_report_and_resumes_after_sigkill(sampler_url, tmp_pa
     assert "### round-2:" in report
 
     # `ssd report` rebuilds the same report from the recorded state alone.
-    rebuilt = subprocess.run([sys.executable, "-m", "client.cli", "report", str(tmp_path / "run")], cwd=REPO,
+    rebuilt = subprocess.run([sys.executable, "-m", "ssd.cli", "report", str(tmp_path / "run")], cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert (tmp_path / "run" / "report.md").read_text() == report

@@ -1,11 +1,12 @@
-"""`ssd serve`: run the sampling service with uvicorn."""
+"""`ssd serve`: run the sampling service with uvicorn (`python -m sampler_service` alone)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from common.config import add_dataclass_flags, config_from_args
+from common.cli import add_config_flags, add_subcommand, standalone_main
+from common.config import config_from_args
 from sampler_service.config import ServiceConfig
 
 EXAMPLES = """examples:
@@ -28,13 +29,16 @@ def serve(config: ServiceConfig) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("serve", help="run the sampling service (FastAPI + vLLM AsyncLLM)",
-                                   epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with ServiceConfig fields")
-    add_dataclass_flags(parser, ServiceConfig)
+    parser = add_subcommand(subparsers, "serve", help="run the sampling service (FastAPI + vLLM AsyncLLM)",
+                            epilog=EXAMPLES)
+    add_config_flags(parser, ServiceConfig)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     serve(config_from_args(ServiceConfig, args))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone_main(register, "serve", "sampler_service", argv)

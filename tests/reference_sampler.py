@@ -19,12 +19,11 @@ from typing import Any
 
 import torch
 
-from diagnostics.truncation import GREEDY_TEMPERATURE, MIN_P_DISABLED, TOP_K_DISABLED, TOP_P_DISABLED, \
-    truncated_distribution
+from common.protocol import DEFAULT_MAX_N as MAX_N
+from common.protocol import DEFAULT_MAX_TOKENS, MAX_TEMPERATURE, MIN_P_DISABLED, TOP_K_DISABLED, TOP_P_DISABLED
+from diagnostics.truncation import GREEDY_TEMPERATURE, truncated_distribution
 
 DEFAULT_BATCH_SIZE = 64
-DEFAULT_MAX_TOKENS = 256   # the API's default
-MAX_N = 64                 # the service's default max_n
 
 
 @dataclass
@@ -40,7 +39,8 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         _require(1 <= self.n <= MAX_N, "n", f"must be in [1, {MAX_N}]", self.n)
-        _require(0 <= self.temperature <= 10, "temperature", "must be in [0, 10]", self.temperature)
+        _require(0 <= self.temperature <= MAX_TEMPERATURE, "temperature", f"must be in [0, {MAX_TEMPERATURE}]",
+                 self.temperature)
         _require(self.top_k == TOP_K_DISABLED or self.top_k >= 1, "top_k", "must be -1 (off) or >= 1", self.top_k)
         _require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
         _require(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]", self.min_p)

@@ -3,9 +3,18 @@ can rebuild it at any time."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from common.jsonl import read_jsonl
+from common.plots import pyplot, save_figure
+from evaluation.metrics import PairedComparison, compare_runs, paired_markdown
+from evaluation.report import best_points, plot_metric
+from evaluation.sweep import load_points
+from ssd.state import EvalStage, RunState
+
+if TYPE_CHECKING:
+    from ssd.config import RunConfig
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"
@@ -27,12 +36,6 @@ def comparison_table(before: dict, after: dict) -> list[str]:
                 change = 100 * (new[name]["value"] - metric["value"])
                 lines.append(f"| {subset} | {name} | {_pct(metric)} | {_pct(new[name])} | {change:+.1f} |")
     return lines
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _has_code(text: str) -> bool:
@@ -59,86 +62,85 @@ def sample_statistics(samples: list[dict]) -> dict[str, Any]:
             "no_code_share": round(sum(not _has_code(s["completion"]) for s in kept) / len(kept), 3) if kept else 0.0}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, ax: Any, path: Path) -> Path:
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
-
-
 def plot_lengths(samples: list[dict], path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     kept = [s["num_tokens"] for s in samples if s.get("kept", True)]
     dropped = [s["num_tokens"] for s in samples if not s.get("kept", True)]
     ax.hist([kept, dropped], bins=LENGTH_BINS, stacked=True, label=["kept", "filtered"], color=["C0", "C3"])
     ax.set_xlabel("completion tokens")
     ax.set_ylabel("samples")
     ax.set_title("Training sample lengths")
-    return _save(fig, ax, path)
+    ax.legend()
+    return save_figure(fig, path)
 
 
 def plot_loss(metrics_by_round: dict[str, list[dict]], path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     for label, rows in metrics_by_round.items():
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (completion tokens)")
     ax.set_title("Training loss")
-    return _save(fig, ax, path)
+    ax.legend()
+    return save_figure(fig, path)
 
 
-def _round_keys(state: dict) -> list[str]:
-    rounds = sorted({k.split("/")[0] for k in state if k.startswith("round-")}, key=lambda r: int(r.split("-")[1]))
-    return [r for r in rounds if r != "round-0"]
+def paired_section(before: EvalStage, after: EvalStage) -> str:
+    """The verdict: the same problems before and after, compared problem by problem."""
+    comparison = compare_runs(before.run_dir, after.run_dir)
+    return "\n".join(["", paired_markdown(comparison, before.adapter or "base", after.adapter or "base"), "",
+                      verdict(comparison)])
 
 
-def _results_section(state: dict, config: Any) -> list[str]:
+def verdict(c: PairedComparison) -> str:
+    """One sentence that reads the paired test, not the overlap of two intervals."""
+    p = min(c.sign_test_p, c.permutation_p)
+    change = f"{100 * c.difference:+.1f} points of pass@1 on {c.num_problems} problems"
+    if c.improved + c.worsened == 0:
+        return f"No problem changed its pass rate ({change}); the run cannot tell the two models apart."
+    if p < c.alpha:
+        direction = "better" if c.difference > 0 else "worse"
+        return (f"The paired change is {change}, significant at α {c.alpha:g} (p {p:.2g}): "
+                f"the second model is {direction} on these problems.")
+    return (f"The paired change is {change} (p {p:.2g}), not significant at α {c.alpha:g}. This run could "
+            f"only detect a change of about {100 * c.mde:.1f} points (power {c.power:g}); a smaller effect, "
+            "if there is one, needs more problems or more repeats.")
+
+
+def _results_section(state: RunState, config: RunConfig) -> list[str]:
     lines = ["## Results", "", f"pass@k on {config.benchmark} at T_eval = {config.t_eval:g} "
              f"(top_k {config.top_k}, top_p {config.top_p}), 95% bootstrap CIs over problems.", ""]
-    previous = state.get("round-0/eval")
-    for key in _round_keys(state):
-        current = state.get(f"{key}/eval")
-        if previous and current:
-            lines += [f"### {key}: {previous['adapter'] or 'base'} → {current['adapter']}", "",
-                      *comparison_table(previous["scores"], current["scores"]), ""]
-            previous = current
+    previous = state.baseline
+    for rnd in state.finished_rounds():
+        assert rnd.eval is not None
+        if previous is not None:
+            lines += [f"### {rnd.key}: {previous.adapter or 'base'} → {rnd.eval.adapter}", "",
+                      *comparison_table(previous.scores, rnd.eval.scores), "",
+                      "Paired, problem by problem (the before/after verdict):", paired_section(previous, rnd.eval), ""]
+        previous = rnd.eval
     return lines
 
 
-def _samples_section(root: Path, state: dict, figures: Path) -> list[str]:
+def _samples_section(root: Path, state: RunState, figures: Path) -> list[str]:
     lines = ["## Training samples", "", "| round | prompts | written | kept | filtered | mean tokens | hit max_tokens "
              "| no extractable code |", "|---|---|---|---|---|---|---|---|"]
     images = []
-    for key in _round_keys(state):
-        sampled = state.get(f"{key}/sample")
-        if not sampled:
+    for rnd in state.rounds:
+        if rnd.sample is None:
             continue
-        samples = _read_jsonl(Path(sampled["samples_file"]))
+        samples = read_jsonl(rnd.sample.samples_file, missing_ok=True)
         stats = sample_statistics(samples)
         filtered = ", ".join(f"{v} {k}" for k, v in stats["filtered"].items()) or "0"
-        lines.append(f"| {key} | {sampled['num_prompts']} | {stats['written']} | {stats['kept']} | {filtered} | "
+        lines.append(f"| {rnd.key} | {rnd.sample.num_prompts} | {stats['written']} | {stats['kept']} | {filtered} | "
                      f"{stats['mean_tokens']} | {stats['truncated']} | {100 * stats['no_code_share']:.0f}% |")
         if samples:
-            image = plot_lengths(samples, figures / f"{key}-lengths.png")
-            images.append(f"![{key} sample lengths]({image.relative_to(root)})")
+            image = plot_lengths(samples, figures / f"{rnd.key}-lengths.png")
+            images.append(f"![{rnd.key} sample lengths]({image.relative_to(root)})")
     return lines + ["", *images, ""]
 
 
-def _loss_section(root: Path, state: dict, figures: Path) -> list[str]:
-    metrics = {key: _read_jsonl(Path(state[f"{key}/train"]["metrics"])) for key in _round_keys(state)
-               if state.get(f"{key}/train")}
+def _loss_section(root: Path, state: RunState, figures: Path) -> list[str]:
+    metrics = {rnd.key: read_jsonl(rnd.train.metrics, missing_ok=True) for rnd in state.rounds if rnd.train}
     metrics = {k: v for k, v in metrics.items() if v}
     if not metrics:
         return []
@@ -147,14 +149,10 @@ def _loss_section(root: Path, state: dict, figures: Path) -> list[str]:
     return ["## Training", "", f"Final loss: {finals}.", "", f"![training loss]({image.relative_to(root)})", ""]
 
 
-def _sweep_section(root: Path, state: dict, figures: Path) -> list[str]:
-    from evaluation.report import best_points, plot_metric
-    from evaluation.sweep import load_points
-
-    sweeps = [state[k] for k in state if k.endswith("/sweep")]
-    if not sweeps:
+def _sweep_section(root: Path, state: RunState, figures: Path) -> list[str]:
+    if state.sweep is None:
         return []
-    points = load_points(sweeps[-1]["sweep_file"])
+    points = load_points(state.sweep.sweep_file)
     t_eval_plot = plot_metric(points, "t_eval", figures / "sweep_t_eval.png")
     t_eff_plot = plot_metric(points, "t_eff", figures / "sweep_t_eff.png")
     lines = ["## Temperature sweep", "",
@@ -168,20 +166,19 @@ def _sweep_section(root: Path, state: dict, figures: Path) -> list[str]:
                     f"![pass@1 vs T_eff]({t_eff_plot.relative_to(root)})", ""]
 
 
-def _diagnostics_section(state: dict) -> list[str]:
-    sections = [state[k] for k in state if k.endswith("/diagnose")]
-    if not sections:
+def _diagnostics_section(state: RunState) -> list[str]:
+    if state.diagnose is None:
         return []
-    return [Path(sections[-1]["section"]).read_text(), ""]
+    return [Path(state.diagnose.section).read_text(), ""]
 
 
-def write(root: Path, state: dict, config: Any) -> Path:
+def write(root: Path, state: RunState, config: RunConfig) -> Path:
     root = Path(root)
     figures = root / FIGURES_DIR
     figures.mkdir(parents=True, exist_ok=True)
     lines = [f"# SSD report: {config.model}", "",
              f"T_train {config.t_train:g} (top_k {config.top_k}, top_p {config.top_p}) → LoRA r={config.lora_rank} → "
-             f"T_eval {config.t_eval:g}; {len(_round_keys(state))} round(s). Every number below comes from "
+             f"T_eval {config.t_eval:g}; {len(state.finished_rounds())} round(s). Every number below comes from "
              f"`{root / 'state.json'}` and can be rebuilt with `ssd report {root}`.", ""]
     lines += _results_section(state, config)
     lines += _samples_section(root, state, figures)
