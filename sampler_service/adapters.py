@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +207,7 @@ class AdapterRegistry:
             return await self._ensure_loaded(row)
         except Exception as exc:
             raise EngineUnavailable(f"replica {self.replica_id} could not load adapter "
-                                    f"{adapter_ref(name, number)}: {exc}")
+                                    f"{adapter_ref(name, number)}: {exc}") from exc
 
     @asynccontextmanager
     async def lease(self, ref: str | None) -> AsyncIterator[AdapterVersion | None]:
@@ -313,7 +313,8 @@ class AdapterRegistry:
         config = _read_adapter_config(adapter_dir / ADAPTER_CONFIG_FILE)
         rank = config.get("r")
         if not isinstance(rank, int) or rank < 1:
-            raise AdapterRejected(f"{ADAPTER_CONFIG_FILE}: `r` must be a positive integer, got {rank!r}", param="adapter")
+            raise AdapterRejected(f"{ADAPTER_CONFIG_FILE}: `r` must be a positive integer, got {rank!r}",
+                                  param="adapter")
         if rank > self.max_rank:
             raise AdapterRejected(f"adapter rank {rank} exceeds the server's max_lora_rank {self.max_rank}",
                                   param="adapter")
@@ -376,7 +377,7 @@ def _read_adapter_config(path: Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterRejected(f"{ADAPTER_CONFIG_FILE} is not valid JSON: {exc}", param="adapter")
+        raise AdapterRejected(f"{ADAPTER_CONFIG_FILE} is not valid JSON: {exc}", param="adapter") from exc
     if not isinstance(config, dict):
         raise AdapterRejected(f"{ADAPTER_CONFIG_FILE} must hold a JSON object", param="adapter")
     if config.get("peft_type", "LORA") != "LORA":
@@ -404,7 +405,7 @@ def _read_safetensors_shapes(path: Path) -> dict[str, list[int]]:
     except AdapterRejected:
         raise
     except Exception as exc:
-        raise AdapterRejected(f"{path.name} is not a valid safetensors file: {exc}", param="adapter")
+        raise AdapterRejected(f"{path.name} is not a valid safetensors file: {exc}", param="adapter") from exc
 
 
 def _copy_adapter(source: Path, target: Path) -> None:

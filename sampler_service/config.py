@@ -59,7 +59,8 @@ class ServiceConfig:
     data_parallel_size: int = field(default=1, metadata=help_meta("full engine copies inside this one service"))
     store: str = field(default="", metadata=help_meta(
         "empty = SQLite in data_dir; a postgresql:// URL = PostgreSQL shared by every replica"))
-    replica_id: str = field(default="", metadata=help_meta("this replica's name in the store; empty = host:port/random"))
+    replica_id: str = field(default="", metadata=help_meta(
+        "this replica's name in the store; empty = host:port/random"))
     lease_s: float = field(default=30.0, metadata=help_meta(
         "a replica's lease on a prompt (and its liveness) expires this long after its last heartbeat"))
     adapter_sync_timeout_s: float = field(default=300.0, metadata=help_meta(

@@ -86,7 +86,7 @@ class JobRunner:
             driver.cancel()  # cancels the in-flight prompts, which aborts them in the engine
             await asyncio.gather(driver, return_exceptions=True)
 
-    async def cancel(self, job_id: str) -> dict:
+    async def cancel(self, job_id: str) -> dict | None:
         job = await asyncio.to_thread(self.store.get_job, job_id)
         if job is None:
             raise NotFound(f"unknown job {job_id!r}", param="id")

@@ -75,7 +75,7 @@ class PostgresTestServer:
             shutil.copytree(libs, self.root / "install" / libs.name, symlinks=True)
         self.bin = copy / "bin"
 
-    def start(self) -> "PostgresTestServer":
+    def start(self) -> PostgresTestServer:
         if self.user is not None:
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)

@@ -61,7 +61,7 @@ class Replica:
         self.registry = AdapterRegistry(self.store, self.engine, root / name, str(root / "no-base-model"), max_rank,
                                         replica_id=name, lease_s=LEASE_S, sync_timeout_s=timeout_s)
 
-    async def start(self) -> "Replica":
+    async def start(self) -> Replica:
         await asyncio.to_thread(self.store.heartbeat, self.name, LEASE_S)
         await self.registry.restore()
         return self
