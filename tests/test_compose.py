@@ -44,7 +44,8 @@ def test_replicas_profile_scales_samplers_over_postgres_behind_the_balancer(comp
     sampler = services["sampler"]
     assert "ports" not in sampler and "container_name" not in sampler  # what `--scale sampler=N` needs
     store = _flags(sampler["command"])["--store"]
-    assert re.fullmatch(r"postgresql://ssd:[^@]+@postgres:5432/ssd", store.replace("${SSD_PG_PASSWORD:-ssd}", "pw"))
+    assert store == "postgresql://ssd@postgres:5432/ssd"  # the password comes from PGPASSWORD, not argv
+    assert sampler["environment"]["PGPASSWORD"] == services["postgres"]["environment"]["POSTGRES_PASSWORD"]
     assert sampler["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["postgres"]["environment"]["POSTGRES_DB"] == "ssd"
     assert services["balancer"]["ports"] == ["${SSD_PORT:-8000}:8000"]
