@@ -1,17 +1,25 @@
 """Adapter versions, the alias that points at the serving one, and draining of old versions.
 
-Only this module knows which version an alias points to. The life of an upload:
+The registry and the alias live in the store, so every replica sees the same ones. The life of an
+upload, on the replica that receives it:
 
 1. validate the files (they parse, rank <= max_lora_rank, base model matches, every targeted
    module exists with matching shapes), so the engine never sees a bad adapter;
-2. copy them into `data_dir/adapters/<name>/v<N>/` and load them under a *new* engine id
-   (never vLLM's `load_inplace`, which reuses stale prefix-cache blocks and re-reads the files
-   from disk on every step; docs/api.md, "Adapters");
-3. move the alias `name -> name@vN` in one step. A request resolves the alias once, when it is
-   admitted, and holds a lease on that version until it finishes, so in-flight requests end on the
-   version they started with; the old version is unloaded when its last lease is returned.
+2. register the next version in the store, copy the files to `data_dir/adapters/<name>/v<N>/`
+   and, with PostgreSQL, into the database (so no replica needs a shared filesystem), mark the
+   version *staged* once its files are stored, and load them under a *new* engine id (never vLLM's `load_inplace`, which
+   reuses stale prefix-cache blocks and re-reads the files from disk on every step; docs/api.md);
+3. wait until every live replica (one whose heartbeat is recent) has loaded the version too: each
+   replica's watcher loads staged versions and records an ack, or the error it got;
+4. move the alias `name -> name@vN` in the store, in one step. A request reads the alias once, when
+   it is admitted, and holds a lease on that version until it finishes, so in-flight requests end
+   on the version they started with; a replica unloads an old version once the alias has moved
+   and its last lease is returned.
 
-A failure at step 1 or 2 raises `AdapterRejected` (400) and leaves the alias where it was.
+A failure at step 1 or 2, any replica's failure at step 3, or a replica that does not answer within
+`adapter_sync_timeout_s`, raises `AdapterRejected` (400) naming the replica, marks the version
+failed and leaves the alias where it was. A replica that starts later loads the alias targets at
+start, and any replica loads the current target on first use if it has missed it.
 """
 
 from __future__ import annotations
@@ -25,13 +33,13 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.protocol import ADAPTER_CONFIG_FILE, ADAPTER_FILES, ADAPTER_WEIGHTS_FILE, adapter_ref
-from sampler_service.errors import AdapterRejected, NotFound
-from sampler_service.store import Store
+from sampler_service.errors import AdapterRejected, EngineUnavailable, NotFound
+from sampler_service.store import ADAPTER_FAILED, ADAPTER_STAGED, Store
 
 log = logging.getLogger("sampler_service.adapters")
 
@@ -61,54 +69,145 @@ class AdapterVersion:
         return LoRARequest(lora_name=self.ref, lora_int_id=self.lora_id, lora_path=self.path)
 
 
-@dataclass
-class _AdapterFamily:
-    current: int | None = None
-    versions: dict[int, AdapterVersion] = field(default_factory=dict)
+WATCH_S = 1.0           # how often a replica looks for staged versions and alias moves
+ACK_POLL_S = 0.2        # how often an upload looks for the other replicas' acks
 
 
 class AdapterRegistry:
-    def __init__(self, store: Store, engine: Any, root: Path, base_model_path: str, max_rank: int):
+    def __init__(self, store: Store, engine: Any, root: Path, base_model_path: str, max_rank: int, *,
+                 replica_id: str = "local", lease_s: float = 30.0, sync_timeout_s: float = 300.0):
         self.store = store
         self.engine = engine
         self.root = root
         self.base_model_path = base_model_path
         self.max_rank = max_rank
-        self._families: dict[str, _AdapterFamily] = {}
+        self.replica_id = replica_id
+        self.lease_s = lease_s
+        self.sync_timeout_s = sync_timeout_s
+        self._versions: dict[tuple[str, int], AdapterVersion] = {}   # what this replica has loaded
+        self._current: dict[str, int] = {}                           # the alias, as last applied here
+        self._attempted: set[tuple[str, int]] = set()                # staged versions already acked
+        self._load_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._upload_lock = asyncio.Lock()
         self._base_shapes: dict[str, list[int]] | None = None
+        self._watcher: asyncio.Task | None = None
 
-    # -- start-up ----------------------------------------------------------------------------
+    # -- start-up and the watcher ------------------------------------------------------------
     async def restore(self) -> None:
-        """Reload the serving version of every alias after a restart."""
-        aliases = self.store.aliases()
-        for row in self.store.adapter_versions():
-            version = AdapterVersion(**row)
-            family = self._families.setdefault(version.name, _AdapterFamily())
-            family.versions[version.version] = version
-        for name, version_number in aliases.items():
-            family = self._families[name]
-            version = family.versions.get(version_number)
-            if version is None:
-                continue
+        """Load every alias target (and the staged versions an upload waits on), then keep up
+        with other replicas' uploads, alias moves and deletes."""
+        await self.sync()
+        self._watcher = asyncio.create_task(self._watch(), name="adapter-watcher")
+
+    async def shutdown(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_S)
             try:
-                await self.engine.add_lora(version.lora_request())
-                version.loaded = True
-                family.current = version_number
-            except Exception as exc:
-                log.error("could not restore adapter %s: %s", version.ref, exc)
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("adapter watcher: could not sync with the store")
+
+    async def sync(self) -> None:
+        rows = await asyncio.to_thread(self.store.adapter_versions)
+        aliases = await asyncio.to_thread(self.store.aliases)
+        for row in rows:
+            key = (row["name"], row["version"])
+            if row["state"] == ADAPTER_STAGED and key not in self._attempted:
+                await self._load_and_ack(row)
+            elif aliases.get(row["name"]) == row["version"] and key not in self._versions:
+                try:
+                    await self._ensure_loaded(row)
+                except Exception as exc:  # requests will retry the load, and say why it fails
+                    log.error("could not load adapter %s: %s", adapter_ref(*key), exc)
+        await self._apply_aliases(aliases, rows)
+
+    async def _refresh(self) -> None:
+        rows = await asyncio.to_thread(self.store.adapter_versions)
+        await self._apply_aliases(await asyncio.to_thread(self.store.aliases), rows)
+
+    async def _load_and_ack(self, row: dict) -> None:
+        key = (row["name"], row["version"])
+        error = None
+        try:
+            await self._ensure_loaded(row)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("could not load staged adapter %s: %s", adapter_ref(*key), error)
+        self._attempted.add(key)
+        await asyncio.to_thread(self.store.ack_adapter, row["name"], row["version"], self.replica_id, error)
+
+    async def _ensure_loaded(self, row: dict) -> AdapterVersion:
+        """Load a version into this replica's engine, fetching its files from the store if they
+        are not here yet. One load per version at a time."""
+        key = (row["name"], row["version"])
+        async with self._load_locks.setdefault(key, asyncio.Lock()):
+            version = self._versions.get(key)
+            if version is not None and version.loaded:
+                return version
+            target = self.root / row["name"] / f"v{row['version']}"
+            if not all((target / f).is_file() for f in ADAPTER_FILES):
+                await asyncio.to_thread(_fetch_adapter, self.store, row["name"], row["version"], target)
+            await asyncio.to_thread(self.validate, target)  # this replica's limits may differ
+            version = AdapterVersion(name=row["name"], version=row["version"], lora_id=row["lora_id"],
+                                     path=str(target), rank=row["rank"], created_at=row["created_at"])
+            await self.engine.add_lora(version.lora_request())
+            version.loaded = True
+            self._versions[key] = version
+            return version
+
+    async def _apply_aliases(self, aliases: dict[str, int], rows: list[dict]) -> None:
+        """Follow alias moves, failures and deletes made anywhere: retire what no longer serves."""
+        self._current = dict(aliases)
+        staged = {(r["name"], r["version"]) for r in rows if r["state"] == ADAPTER_STAGED}
+        for key, version in list(self._versions.items()):
+            name, number = key
+            if aliases.get(name) == number or key in staged:
+                continue  # serving, or staged for an upload still waiting on acks
+            version.retired = True
+            if version.leases == 0:
+                await self._unload(version)
 
     # -- resolving ---------------------------------------------------------------------------
     def resolve(self, ref: str) -> AdapterVersion:
+        """This replica's view, without asking the store (see `resolve_latest`)."""
         name, _, pinned = ref.partition("@v")
-        family = self._families.get(name)
-        if family is None or family.current is None:
+        if name not in self._current:
             raise NotFound(f"unknown adapter {name!r}", param="adapter")
-        number = int(pinned) if pinned else family.current
-        version = family.versions.get(number)
+        number = int(pinned) if pinned else self._current[name]
+        version = self._versions.get((name, number))
         if version is None or not version.loaded:
             raise NotFound(f"adapter {name!r} has no loaded version {number}", param="adapter")
         return version
+
+    async def resolve_latest(self, ref: str) -> AdapterVersion:
+        """Resolve against the alias in the store: another replica may have just moved it. The
+        alias target is loaded here on first use if this replica has missed it."""
+        name, _, pinned = ref.partition("@v")
+        current = await asyncio.to_thread(self.store.alias_of, name) if self.store.shared else self._current.get(name)
+        if current is None:
+            raise NotFound(f"unknown adapter {name!r}", param="adapter")
+        number = int(pinned) if pinned else current
+        version = self._versions.get((name, number))
+        if version is not None and version.loaded:
+            return version
+        if number != current:
+            raise NotFound(f"adapter {name!r} has no loaded version {number}", param="adapter")
+        row = next((r for r in await asyncio.to_thread(self.store.adapter_versions)
+                    if (r["name"], r["version"]) == (name, number)), None)
+        if row is None:
+            raise NotFound(f"unknown adapter {name!r}", param="adapter")
+        try:
+            return await self._ensure_loaded(row)
+        except Exception as exc:
+            raise EngineUnavailable(f"replica {self.replica_id} could not load adapter "
+                                    f"{adapter_ref(name, number)}: {exc}") from exc
 
     @asynccontextmanager
     async def lease(self, ref: str | None) -> AsyncIterator[AdapterVersion | None]:
@@ -116,7 +215,7 @@ class AdapterRegistry:
         if ref is None:
             yield None
             return
-        version = self.resolve(ref)
+        version = await self.resolve_latest(ref)
         version.leases += 1
         try:
             yield version
@@ -129,55 +228,83 @@ class AdapterRegistry:
     async def upload(self, name: str, source_dir: Path) -> AdapterVersion:
         async with self._upload_lock:
             rank = await asyncio.to_thread(self.validate, source_dir)
-            number, lora_id = self.store.next_adapter_version(name)
+            number, lora_id = await asyncio.to_thread(self.store.create_adapter_version, name, rank, str(self.root))
+            self._attempted.add((name, number))  # this replica acks below, not from its watcher
             target = self.root / name / f"v{number}"
-            await asyncio.to_thread(_copy_adapter, source_dir, target)
-            version = AdapterVersion(name=name, version=number, lora_id=lora_id, path=str(target), rank=rank,
-                                     created_at=time.time())
             try:
-                await self.engine.add_lora(version.lora_request())
+                await asyncio.to_thread(_copy_adapter, source_dir, target)
+                await asyncio.to_thread(self.store.save_adapter_files, name, number, target)
+                # Only now may other replicas fetch the files: staged is their signal to load.
+                await asyncio.to_thread(self.store.set_adapter_state, name, number, ADAPTER_STAGED)
+                row = {"name": name, "version": number, "lora_id": lora_id, "rank": rank, "created_at": time.time()}
+                version = await self._ensure_loaded(row)
             except Exception as exc:
                 shutil.rmtree(target, ignore_errors=True)
-                raise AdapterRejected(f"the engine could not load the adapter: {exc}", param="adapter")
-            version.loaded = True
-            self.store.add_adapter_version(name, number, lora_id, str(target), rank)
-            self.store.set_alias(name, number)
-            await self._move_alias(name, version)
+                await self._reject(name, number, f"the engine could not load the adapter: {exc}")
+            await asyncio.to_thread(self.store.ack_adapter, name, number, self.replica_id, None)
+            await self._await_acks(name, number)
+            await asyncio.to_thread(self.store.move_alias, name, number)
+            await self._refresh()
             return version
 
-    async def _move_alias(self, name: str, version: AdapterVersion) -> None:
-        family = self._families.setdefault(name, _AdapterFamily())
-        previous = family.versions.get(family.current) if family.current is not None else None
-        family.versions[version.version] = version
-        family.current = version.version  # one assignment: the switch is atomic for new requests
-        if previous is not None:
-            previous.retired = True
-            if previous.leases == 0:
-                await self._unload(previous)
+    async def _await_acks(self, name: str, number: int) -> None:
+        """Return once every live replica has loaded the version; raise naming those that failed
+        or did not answer in time."""
+        deadline = time.monotonic() + self.sync_timeout_s
+        while True:
+            acks = await asyncio.to_thread(self.store.adapter_acks, name, number)
+            failed = {replica: error for replica, error in acks.items() if error}
+            if failed:
+                detail = "; ".join(f"replica {r}: {e}" for r, e in sorted(failed.items()))
+                await self._reject(name, number, f"{adapter_ref(name, number)} failed to load on {detail}")
+            live = await asyncio.to_thread(self.store.live_replicas, self.lease_s)
+            missing = sorted(set(live) - set(acks))
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                await self._reject(name, number, f"replica(s) {', '.join(missing)} did not load "
+                                                 f"{adapter_ref(name, number)} within {self.sync_timeout_s:.0f} s")
+            await asyncio.sleep(ACK_POLL_S)
+
+    async def _reject(self, name: str, number: int, message: str) -> None:
+        """Mark the version failed (every replica unloads it), leave the alias, and raise."""
+        await asyncio.to_thread(self.store.set_adapter_state, name, number, ADAPTER_FAILED, message)
+        version = self._versions.get((name, number))
+        if version is not None:
+            version.retired = True
+            if version.leases == 0:
+                await self._unload(version)
+        raise AdapterRejected(message, param="adapter")
 
     async def _unload(self, version: AdapterVersion) -> None:
         if version.loaded:
             version.loaded = False
+            self._versions.pop((version.name, version.version), None)
             await self.engine.remove_lora(version.lora_id)
 
     async def delete(self, name: str) -> dict:
-        family = self._families.pop(name, None)
-        if family is None:
+        if await asyncio.to_thread(self.store.alias_of, name) is None and \
+                not any(r["name"] == name for r in await asyncio.to_thread(self.store.adapter_versions)):
             raise NotFound(f"unknown adapter {name!r}", param="name")
-        for version in family.versions.values():
-            version.retired = True
-            if version.leases == 0:
-                await self._unload(version)
-        self.store.delete_adapter(name)
+        await asyncio.to_thread(self.store.delete_adapter, name)
+        await self._refresh()
         return {"name": name, "deleted": True}
 
     def describe(self) -> list[dict]:
+        """The registry as the store holds it, with this replica's load state and in-flight counts."""
+        rows = self.store.adapter_versions()
+        aliases = self.store.aliases()
         out = []
-        for name, family in sorted(self._families.items()):
-            versions = [{"version": v.version, "rank": v.rank, "created_at": v.created_at, "loaded": v.loaded,
-                         "in_flight": v.leases} for v in sorted(family.versions.values(), key=lambda v: v.version)]
-            out.append({"name": name, "current_version": family.current,
-                        "alias": adapter_ref(name, family.current) if family.current else None, "versions": versions})
+        for name in sorted({r["name"] for r in rows}):
+            versions = []
+            for row in (r for r in rows if r["name"] == name):
+                local = self._versions.get((name, row["version"]))
+                versions.append({"version": row["version"], "rank": row["rank"], "created_at": row["created_at"],
+                                 "state": row["state"], "error": row["error"],
+                                 "loaded": bool(local and local.loaded), "in_flight": local.leases if local else 0})
+            current = aliases.get(name)
+            out.append({"name": name, "current_version": current,
+                        "alias": adapter_ref(name, current) if current else None, "versions": versions})
         return out
 
     # -- validation --------------------------------------------------------------------------
@@ -186,7 +313,8 @@ class AdapterRegistry:
         config = _read_adapter_config(adapter_dir / ADAPTER_CONFIG_FILE)
         rank = config.get("r")
         if not isinstance(rank, int) or rank < 1:
-            raise AdapterRejected(f"{ADAPTER_CONFIG_FILE}: `r` must be a positive integer, got {rank!r}", param="adapter")
+            raise AdapterRejected(f"{ADAPTER_CONFIG_FILE}: `r` must be a positive integer, got {rank!r}",
+                                  param="adapter")
         if rank > self.max_rank:
             raise AdapterRejected(f"adapter rank {rank} exceeds the server's max_lora_rank {self.max_rank}",
                                   param="adapter")
@@ -249,7 +377,7 @@ def _read_adapter_config(path: Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterRejected(f"{ADAPTER_CONFIG_FILE} is not valid JSON: {exc}", param="adapter")
+        raise AdapterRejected(f"{ADAPTER_CONFIG_FILE} is not valid JSON: {exc}", param="adapter") from exc
     if not isinstance(config, dict):
         raise AdapterRejected(f"{ADAPTER_CONFIG_FILE} must hold a JSON object", param="adapter")
     if config.get("peft_type", "LORA") != "LORA":
@@ -277,7 +405,7 @@ def _read_safetensors_shapes(path: Path) -> dict[str, list[int]]:
     except AdapterRejected:
         raise
     except Exception as exc:
-        raise AdapterRejected(f"{path.name} is not a valid safetensors file: {exc}", param="adapter")
+        raise AdapterRejected(f"{path.name} is not a valid safetensors file: {exc}", param="adapter") from exc
 
 
 def _copy_adapter(source: Path, target: Path) -> None:
@@ -287,3 +415,19 @@ def _copy_adapter(source: Path, target: Path) -> None:
         shutil.copyfile(source / name, staging / name)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
+
+
+def _fetch_adapter(store: Store, name: str, number: int, target: Path) -> None:
+    """Copy a version's files out of the store into `target`, whole or not at all."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".fetch-"))
+    try:
+        store.fetch_adapter_files(name, number, staging)
+        missing = [f for f in ADAPTER_FILES if not (staging / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{', '.join(missing)} of {adapter_ref(name, number)} is neither in the store "
+                                    f"nor under {target}")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -48,7 +48,7 @@ from sampler_service.errors import (
 from sampler_service.jobs import JobRunner
 from sampler_service.metrics import Metrics
 from sampler_service.schemas import AdapterPathRequest, ErrorBody, JobRequest, SampleRequest, is_valid_adapter_name
-from sampler_service.store import Store
+from sampler_service.store import Store, default_replica_id, open_store
 
 log = logging.getLogger("sampler_service")
 
@@ -69,11 +69,14 @@ class ServiceState:
         self.model_name = config.model
         self.model_path = resolve_model(config.model)
         self.metrics = Metrics()
-        self.store = Store(config.data_dir / "store.sqlite3")
+        self.store = open_store(config.store, config.data_dir)
+        self.replica_id = config.replica_id or default_replica_id(config.port)
         self.engine = Engine(config, self.model_path)
         self.adapters = AdapterRegistry(self.store, self.engine, config.data_dir / "adapters",
-                                        self.model_path, config.max_lora_rank)
-        self.jobs = JobRunner(self.store, self.engine, self.adapters, self.metrics, config.job_concurrency)
+                                        self.model_path, config.max_lora_rank, replica_id=self.replica_id,
+                                        lease_s=config.lease_s, sync_timeout_s=config.adapter_sync_timeout_s)
+        self.jobs = JobRunner(self.store, self.engine, self.adapters, self.metrics, config.job_concurrency,
+                              self.replica_id, config.lease_s)
         self.started_at = time.time()
 
     async def start_engine(self) -> None:
@@ -97,6 +100,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         yield
         starter.cancel()
         await state.jobs.shutdown()
+        await state.adapters.shutdown()
         state.engine.shutdown()
         state.store.close()
 
@@ -298,7 +302,7 @@ def _job_routes(app: FastAPI, state: ServiceState) -> None:
         params = body.sampling_dict()
         engine.sampling_params(params)
         if body.adapter is not None:
-            adapters.resolve(body.adapter)
+            await adapters.resolve_latest(body.adapter)
         prompts = [(item.id, item.input()) for item in body.prompts]
         job_id = await asyncio.to_thread(store.create_job, body.name, params, body.filters.model_dump(), prompts)
         jobs.start(job_id)
@@ -362,7 +366,7 @@ def _adapter_routes(app: FastAPI, state: ServiceState) -> None:
     @app.get("/v1/adapters", summary="List adapters, versions and alias targets", dependencies=SAMPLE,
              responses=ERRORS)
     async def list_adapters() -> Any:
-        return {"adapters": adapters.describe()}
+        return {"adapters": await asyncio.to_thread(adapters.describe)}  # reads the store
 
     @app.delete("/v1/adapters/{name}", summary="Unload an adapter", dependencies=ADMIN, responses=ERRORS)
     async def delete_adapter(name: str) -> Any:

@@ -22,6 +22,7 @@ DEFAULT_MAX_LORA_RANK = 64
 MAX_COUNT = 2 ** 62              # sizes and counts: only their lower bound matters
 MAX_KV_CACHE_GB = 1 << 20
 DEFAULT_MAX_IN_FLIGHT_PER_KEY = 64   # one key's requests in flight before 429; a key line may set its own
+POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
 
 
 @dataclass
@@ -61,6 +62,19 @@ class ServiceConfig:
         "protect /metrics with a `sample` key (it is open by default, for scrapers)"))
     adapter_dir: list[str] = field(default_factory=list, metadata=help_meta(
         "directories `POST /v1/adapters {\"path\"}` may load from (comma list; none by default: uploads only)"))
+    # -- scaling out: vLLM's own parallelism, and several replicas over one PostgreSQL store -------
+    tensor_parallel_size: int = field(default=1, metadata=help_meta(
+        "GPUs that split every layer's weights (vLLM tensor parallelism; docs/deployment.md)"))
+    pipeline_parallel_size: int = field(default=1, metadata=help_meta("GPUs (or nodes) the layers are staged across"))
+    data_parallel_size: int = field(default=1, metadata=help_meta("full engine copies inside this one service"))
+    store: str = field(default="", metadata=help_meta(
+        "empty = SQLite in data_dir; a postgresql:// URL = PostgreSQL shared by every replica"))
+    replica_id: str = field(default="", metadata=help_meta(
+        "this replica's name in the store; empty = host:port/random"))
+    lease_s: float = field(default=30.0, metadata=help_meta(
+        "a replica's lease on a prompt (and its liveness) expires this long after its last heartbeat"))
+    adapter_sync_timeout_s: float = field(default=300.0, metadata=help_meta(
+        "an upload waits this long for every live replica to load the new version"))
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -74,3 +88,12 @@ class ServiceConfig:
             self.api_keys_file = Path(self.api_keys_file)
         require(isinstance(self.adapter_dir, list) and all(isinstance(d, str) and d for d in self.adapter_dir),
                 f"adapter_dir must be a list of directories, got {self.adapter_dir!r}")
+        self._check_scaling()
+
+    def _check_scaling(self) -> None:
+        for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
+            check_range(name, getattr(self, name), 1, 1024)
+        check_range("lease_s", self.lease_s, 1.0, 3600.0)
+        check_range("adapter_sync_timeout_s", self.adapter_sync_timeout_s, 1.0, 86400.0)
+        require(self.store == "" or self.store.startswith(POSTGRES_URL_PREFIXES) or "://" not in self.store,
+                f"store must be empty, a SQLite file path or a postgresql:// URL, got {self.store!r}")

@@ -147,6 +147,8 @@ class Engine:
         kwargs: dict[str, Any] = dict(
             model=self.model_path, dtype=dtype, max_model_len=self.max_model_len or None,
             enforce_eager=cfg.enforce_eager, max_num_seqs=cfg.max_num_seqs, disable_log_stats=True,
+            tensor_parallel_size=cfg.tensor_parallel_size, pipeline_parallel_size=cfg.pipeline_parallel_size,
+            data_parallel_size=cfg.data_parallel_size,
             # Prefix caching keyed on adapter id is safe because each version gets its own id.
             enable_prefix_caching=True)
         if cfg.enable_lora:

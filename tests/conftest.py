@@ -8,6 +8,7 @@ import pytest
 
 from client.local_server import LocalServer
 from common.protocol import API_KEY_ENV
+from tests.pg_server import PostgresTestServer
 from tests.server_harness import TEST_ADMIN_KEY, make_test_server
 
 # Tests that train or run models share two cores with the engine; more threads only thrash.
@@ -28,6 +29,20 @@ def sampler_server(tmp_path_factory: pytest.TempPathFactory) -> LocalServer:
         os.environ.pop(API_KEY_ENV, None)
     else:
         os.environ[API_KEY_ENV] = previous_key
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> PostgresTestServer:
+    """One real PostgreSQL for the session, started on first use."""
+    server = PostgresTestServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresTestServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL."""
+    return postgres_server.create_database()
 
 
 @pytest.fixture(scope="session")
