@@ -328,9 +328,10 @@ def summarize(runs: list[tuple[str, dict]], args: argparse.Namespace, model_conf
           f"{cpu_ratio:.2f}x CPU time; on {device}; {len(encoded)} samples, mean length {mean_length:.0f} tokens")
     print(f"best single runs: ours {best('ours', 'tokens_per_s'):.1f} tok/s, "
           f"TRL {best('trl-', 'tokens_per_s'):.1f} tok/s")
-    return {"runs": [{"name": name, **figures} for name, figures in runs], "ratio": ratio, "cpu_time_ratio": cpu_ratio,
-            "compared_with": best_trl, "device": device, "mean_length": mean_length,
-            "flops_per_token": per_token, "peak_flops": peak, "trl_attention": trl_attention() or "sdpa", "args": {k: str(v) for k, v in vars(args).items()}}
+    return {"runs": [{"name": name, **figures} for name, figures in runs], "ratio": ratio,
+            "cpu_time_ratio": cpu_ratio, "compared_with": best_trl, "device": device, "mean_length": mean_length,
+            "flops_per_token": per_token, "peak_flops": peak, "trl_attention": trl_attention() or "sdpa",
+            "args": {k: str(v) for k, v in vars(args).items()}}
 
 
 if __name__ == "__main__":

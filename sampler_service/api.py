@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from common.models import resolve_model
 from common.protocol import (
@@ -203,15 +203,15 @@ class RequestCounter:
                 self.metrics.errors.labels(type=str(status["code"])).inc()
 
 
-async def _parse(model: type, request: Request) -> Any:
+async def _parse(model: type[BaseModel], request: Request) -> Any:
     try:
         body = await request.json()
     except ValueError:
-        raise InvalidRequest("the body is not valid JSON")
+        raise InvalidRequest("the body is not valid JSON") from None
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        raise invalid_request_from(exc.errors())
+        raise invalid_request_from(list(exc.errors())) from None
 
 
 async def _cancel_on_disconnect(request: Request, coro: Any) -> Any:

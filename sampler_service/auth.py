@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,9 +68,9 @@ def parse_key_lines(lines: list[str], source: str) -> list[ApiKey]:
     return keys
 
 
-def load_keys(api_keys_file: Path | None, environ: dict[str, str] | None = None) -> list[ApiKey]:
+def load_keys(api_keys_file: Path | None, environ: Mapping[str, str] | None = None) -> list[ApiKey]:
     """The keys of the file and of `SSD_API_KEYS`, together."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     keys: list[ApiKey] = []
     if api_keys_file is not None:
         try:
@@ -78,7 +78,7 @@ def load_keys(api_keys_file: Path | None, environ: dict[str, str] | None = None)
         except OSError as exc:
             raise ConfigError(f"cannot read the API keys file {api_keys_file}: {exc.strerror}") from None
         keys += parse_key_lines(text.splitlines(), str(api_keys_file))
-    keys += parse_key_lines(environ.get(API_KEYS_ENV, "").split(";"), API_KEYS_ENV)
+    keys += parse_key_lines(env.get(API_KEYS_ENV, "").split(";"), API_KEYS_ENV)
     secrets = [k.secret for k in keys]
     require(len(set(secrets)) == len(secrets), f"a key appears both in {api_keys_file} and in {API_KEYS_ENV}")
     return keys

@@ -187,7 +187,7 @@ class Engine:
         try:
             text = self._tokenizer.apply_chat_template(item, tokenize=False, add_generation_prompt=True)
         except Exception as exc:  # a template may reject e.g. two system turns
-            raise InvalidRequest(f"the chat template rejected the conversation: {exc}", param="messages")
+            raise InvalidRequest(f"the chat template rejected the conversation: {exc}", param="messages") from exc
         return text, list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def check_fits(self, prompt_ids: list[int], max_tokens: int) -> None:
@@ -227,7 +227,7 @@ class Engine:
                 # `stream` (DELTA) is for `Engine.stream`, which passes each child's delta on.
                 output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
         except (ValueError, VLLMClientError) as exc:  # vLLM's own checks, as a second line of defence
-            raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None))
+            raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from exc
 
     # -- generation --------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], sampling_params: Any,

@@ -10,6 +10,8 @@ offending field.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -117,7 +119,7 @@ def _is_union_tag(part: object) -> bool:
     return isinstance(part, str) and ("[" in part or "-" in part or part in _UNION_TAGS)
 
 
-def invalid_request_from(errors: list[dict]) -> InvalidRequest:
+def invalid_request_from(errors: Sequence[Any]) -> InvalidRequest:
     """Turn pydantic's error list into one 400 that names the first offending field."""
     first = errors[0] if errors else {}
     # loc looks like ("body", "temperature") or ("query", "limit") or ("prompts", 3, "id").

@@ -185,7 +185,7 @@ async def _generate(state: ServiceState, prepared: _Prepared) -> list[Any]:
 async def _completion_json(state: ServiceState, prepared: _Prepared) -> dict:
     results = await _generate(state, prepared)
     chat = isinstance(prepared.body, ChatCompletionRequest)
-    choices = []
+    choices: list[dict[str, Any]] = []
     for result in results:  # OpenAI numbers the choices of every prompt in one sequence
         for completion, positions in zip(result.completions, result.logprobs):
             choice: dict[str, Any] = {"index": len(choices), "finish_reason": completion.finish_reason}
@@ -247,7 +247,7 @@ class SSEResponse(StreamingResponse):
         super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         self._cleanup = cleanup
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:

@@ -152,7 +152,7 @@ class JobFilters(_Strict):
 
 class JobRequest(SamplingFields):
     prompts: list[JobPrompt] = Field(min_length=1, max_length=MAX_PROMPTS_PER_JOB)
-    filters: JobFilters = Field(default_factory=JobFilters)
+    filters: JobFilters = Field(default_factory=JobFilters)  # type: ignore[arg-type]
     name: str | None = Field(None, max_length=MAX_JOB_NAME_CHARS)
 
     @model_validator(mode="after")

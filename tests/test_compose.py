@@ -3,8 +3,8 @@ structure is checked with PyYAML (and with `docker compose config` where the plu
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
