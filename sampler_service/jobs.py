@@ -168,13 +168,15 @@ class JobRunner:
         text, prompt_ids = self.engine.render(value)
         # A prompt too long for the context can't be sampled; record it as done with no samples
         # rather than failing the whole job.
-        max_new = min(job["params"]["max_tokens"], self.engine.max_model_len - len(prompt_ids))
+        room = self.engine.max_model_len - len(prompt_ids)
+        max_new = min(job["params"]["max_tokens"], room)
         if max_new < 1:
             log.warning("job %s prompt %s is longer than the context; skipped", job["id"], prompt_id)
-            result = PromptResult(idx, prompt_id, text, prompt_ids, [], None)
+            result = PromptResult(idx, prompt_id, text, prompt_ids, [], None, too_long=True)
             await asyncio.to_thread(self.store.record_prompt_result, job["id"], result, job["filters"], 0.0)
             return
-        if max_new < sampling_params.max_tokens:
+        clamped = max_new < sampling_params.max_tokens
+        if clamped:   # counted on the job (prompts_clamped), shown by `ssd jobs show` and the report
             sampling_params = sampling_params.clone()
             sampling_params.max_tokens = max_new
         await self.engine.admission.enter()
@@ -187,6 +189,6 @@ class JobRunner:
             await self.engine.admission.leave()
         now = time.monotonic()
         elapsed, clock["last"] = now - clock["last"], now
-        result = PromptResult(idx, prompt_id, text, prompt_ids, generated.completions, ref)
+        result = PromptResult(idx, prompt_id, text, prompt_ids, generated.completions, ref, clamped=clamped)
         await asyncio.to_thread(self.store.record_prompt_result, job["id"], result, job["filters"], elapsed)
         self.metrics.record_tokens(sum(len(c.token_ids) for c in generated.completions))

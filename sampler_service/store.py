@@ -72,6 +72,10 @@ class PromptResult:
     prompt_token_ids: list[int]
     completions: list[Completion]
     adapter: str | None
+    # The context decided, not the request: the prompt left no room at all (too_long), or less
+    # room than the job's max_tokens (clamped). Counted on the job, so nothing is cut silently.
+    too_long: bool = False
+    clamped: bool = False
 
 
 def _now() -> float:
@@ -227,8 +231,9 @@ class Store:
             db.execute(
                 "UPDATE jobs SET prompts_done = prompts_done + 1, samples_written = samples_written + ?,"
                 " samples_kept = samples_kept + ?, output_tokens = output_tokens + ?,"
-                " run_seconds = run_seconds + ?, updated_at = ? WHERE id = ?",
-                (len(rows), kept, tokens, elapsed_s, now, job_id))
+                " run_seconds = run_seconds + ?, prompts_too_long = prompts_too_long + ?,"
+                " prompts_clamped = prompts_clamped + ?, updated_at = ? WHERE id = ?",
+                (len(rows), kept, tokens, elapsed_s, int(result.too_long), int(result.clamped), now, job_id))
             if job["prompts_done"] + 1 >= job["num_prompts"]:
                 self._finish(db, job_id, json.loads(job["filters"]), JOB_COMPLETED, None)
         return kept
@@ -360,6 +365,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     num_prompts INTEGER NOT NULL, prompts_done INTEGER NOT NULL DEFAULT 0,
     samples_written INTEGER NOT NULL DEFAULT 0, samples_kept INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0, run_seconds REAL NOT NULL DEFAULT 0,
+    prompts_too_long INTEGER NOT NULL DEFAULT 0, prompts_clamped INTEGER NOT NULL DEFAULT 0,
     error TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS job_prompts (
@@ -392,6 +398,7 @@ CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, info TEXT NOT NULL, st
 
 # Columns added since the first schema: a store written by an older version gains them on open.
 SQLITE_MIGRATIONS = {
+    "jobs": {"prompts_too_long": "INTEGER NOT NULL DEFAULT 0", "prompts_clamped": "INTEGER NOT NULL DEFAULT 0"},
     "job_prompts": {"lease_owner": "TEXT", "lease_expires": "REAL"},
     "adapters": {"state": "TEXT NOT NULL DEFAULT 'ready'", "error": "TEXT"},
 }

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     num_prompts INTEGER NOT NULL, prompts_done INTEGER NOT NULL DEFAULT 0,
     samples_written BIGINT NOT NULL DEFAULT 0, samples_kept BIGINT NOT NULL DEFAULT 0,
     output_tokens BIGINT NOT NULL DEFAULT 0, run_seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
+    prompts_too_long INTEGER NOT NULL DEFAULT 0, prompts_clamped INTEGER NOT NULL DEFAULT 0,
     error TEXT, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS job_prompts (

@@ -58,7 +58,7 @@ CONFIG_FILE = "config.yaml"
 # many minutes, and a timed-out request is not resent (it may still be running).
 RUN_REQUEST_TIMEOUT_S = 3600.0
 SAMPLE_STAT_FIELDS = ("num_prompts", "samples_written", "samples_kept", "samples_filtered", "output_tokens",
-                      "tokens_per_s")
+                      "tokens_per_s", "prompts_clamped", "prompts_too_long")
 
 
 class PipelineError(SSDError):

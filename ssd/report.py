@@ -123,7 +123,8 @@ def _results_section(state: RunState, config: RunConfig) -> list[str]:
 
 def _samples_section(root: Path, state: RunState, figures: Path) -> list[str]:
     lines = ["## Training samples", "", "| round | prompts | written | kept | filtered | mean tokens | hit max_tokens "
-             "| no extractable code |", "|---|---|---|---|---|---|---|---|"]
+             "| no extractable code | prompts the context cut (max_tokens lowered / no room) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     images = []
     for rnd in state.rounds:
         if rnd.sample is None:
@@ -132,7 +133,8 @@ def _samples_section(root: Path, state: RunState, figures: Path) -> list[str]:
         stats = sample_statistics(samples)
         filtered = ", ".join(f"{v} {k}" for k, v in stats["filtered"].items()) or "0"
         lines.append(f"| {rnd.key} | {rnd.sample.num_prompts} | {stats['written']} | {stats['kept']} | {filtered} | "
-                     f"{stats['mean_tokens']} | {stats['truncated']} | {100 * stats['no_code_share']:.0f}% |")
+                     f"{stats['mean_tokens']} | {stats['truncated']} | {100 * stats['no_code_share']:.0f}% | "
+                     f"{rnd.sample.prompts_clamped} / {rnd.sample.prompts_too_long} |")
         if samples:
             image = plot_lengths(samples, figures / f"{rnd.key}-lengths.png")
             images.append(f"![{rnd.key} sample lengths]({image.relative_to(root)})")

@@ -39,6 +39,8 @@ class SampleStage:
     samples_filtered: int
     output_tokens: int
     tokens_per_s: float
+    prompts_clamped: int = 0       # max_tokens cut to what the context left
+    prompts_too_long: int = 0      # no room left at all: no samples
 
 
 @dataclass

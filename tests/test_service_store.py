@@ -347,3 +347,16 @@ def test_adapter_versions_acks_and_alias(store, tmp_path):
     assert states == {1: "uploading", 2: "ready"}
     store.delete_adapter("ssd")
     assert store.adapter_versions() == [] and store.aliases() == {}
+
+
+def test_prompts_the_context_cut_are_counted_on_the_job(store):
+    job_id = _job(store, 3)
+    store.record_prompt_result(job_id, _result(0, ["abc"]), {}, 0.1)
+    clamped = _result(1, ["ab"])
+    clamped.clamped = True
+    store.record_prompt_result(job_id, clamped, {}, 0.1)
+    too_long = PromptResult(2, "p2", "a long prompt", [1] * 9, [], None, too_long=True)
+    store.record_prompt_result(job_id, too_long, {}, 0.0)
+    job = store.get_job(job_id)
+    assert (job["prompts_clamped"], job["prompts_too_long"], job["samples_written"]) == (1, 1, 2)
+    assert job["status"] == "completed"
