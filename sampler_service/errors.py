@@ -62,12 +62,19 @@ class Forbidden(ServiceError):
     error_type = "forbidden"
 
 
-class TooManyRequests(ServiceError):
+class RetryLater(ServiceError):
+    """An error that says when to try again: a `Retry-After` header, which the clients honour."""
+
+    default_retry_after_s = 1
+
+    def __init__(self, message: str, retry_after_s: int | None = None):
+        wait = self.default_retry_after_s if retry_after_s is None else retry_after_s
+        super().__init__(message, headers={"Retry-After": str(wait)})
+
+
+class TooManyRequests(RetryLater):
     status_code = 429
     error_type = "too_many_requests"
-
-    def __init__(self, message: str, retry_after_s: int = 1):
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
 class PayloadTooLarge(ServiceError):
@@ -75,20 +82,15 @@ class PayloadTooLarge(ServiceError):
     error_type = "payload_too_large"
 
 
-class Overloaded(ServiceError):
+class Overloaded(RetryLater):
     status_code = 503
     error_type = "overloaded"
 
-    def __init__(self, message: str, retry_after_s: int = 1):
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
-
-class EngineUnavailable(ServiceError):
+class EngineUnavailable(RetryLater):
     status_code = 503
     error_type = "engine_unavailable"
-
-    def __init__(self, message: str, retry_after_s: int = 5):
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    default_retry_after_s = 5
 
 
 # OpenAI's `type` for each status; our own `error_type` becomes OpenAI's `code`.
