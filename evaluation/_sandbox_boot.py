@@ -87,8 +87,10 @@ class Policy:
         self.violation(f"{event}: write outside the sandbox directory: {resolved}")
 
     def check_read(self, event, path):
+        # A protected path stays protected even inside the sandbox directory: a checkout under /tmp
+        # is under the bubblewrap sandbox's own /tmp. Only the runtime's allowed paths pass.
         resolved = self._resolve(path)
-        if resolved is None or self._under(resolved, [self.sandbox_dir] + self.allow_read):
+        if resolved is None or self._under(resolved, self.allow_read):
             return
         if self._under(resolved, self.deny_read):
             self.violation(f"{event}: read of a protected path: {resolved}")
