@@ -84,36 +84,39 @@ class Experiment:
         previous: RoundState | None = None
         for number in range(1, cfg.rounds + 1):
             rnd = self.state.round(number)
-            after = self._round(rnd, train_prompts, previous)
+            heldout = heldout_prompts if number == cfg.rounds else []
+            after = self._round(rnd, train_prompts, previous, heldout)
             self._print_comparison(before, after, number)
             before, previous = after, rnd
-        self._extras(heldout_prompts)
+        self._extras()
         return report.write(self.root, self.state, cfg)
 
-    def _round(self, rnd: RoundState, prompts: list[dict], previous: RoundState | None) -> EvalStage:
+    def _round(self, rnd: RoundState, prompts: list[dict], previous: RoundState | None,
+               heldout_prompts: list[dict]) -> EvalStage:
         """Round r samples from round r-1's model (the base for round 1): that model is its teacher."""
         key, stage = rnd.key, self.file.stage
         teacher = previous.push.alias if previous and previous.push else None
         start_from = previous.train.adapter_dir if previous and previous.train else None
         sampled = stage(rnd, "sample", f"{key}/sample",
                         lambda: self._sample(key, prompts, teacher, rnd, "sample_job_id"))
+        if heldout_prompts:
+            # The diagnostics' held-out samples come from the same teacher at the same T_train and
+            # truncation (docs/diagnostics.md), drawn now, while the teacher's version still serves.
+            stage(self.state, "heldout", f"{key}/heldout",
+                  lambda: self._sample(key, heldout_prompts, teacher, self.state, "heldout_job_id"))
         trained = stage(rnd, "train", f"{key}/train", lambda: self._train(key, sampled.job_id, start_from))
         pushed = stage(rnd, "push", f"{key}/push", lambda: self._push(trained.adapter_dir))
         return stage(rnd, "eval", f"{key}/eval", lambda: self._evaluate(key, pushed.alias))
 
-    def _extras(self, heldout_prompts: list[dict]) -> None:
+    def _extras(self) -> None:
         cfg, rounds = self.config, self.state.rounds
         last = rounds[-1]
         teacher = rounds[-2] if len(rounds) > 1 else None
         if cfg.sweep_temperatures and last.push:
             alias = last.push.alias
             self.file.stage(self.state, "sweep", f"{last.key}/sweep", lambda: self._sweep(last.key, alias))
-        if heldout_prompts and last.train:
-            # Held-out samples come from the last round's teacher at its T_train and truncation, as
-            # its training samples did (docs/diagnostics.md).
-            teacher_alias = teacher.push.alias if teacher and teacher.push else None
-            held = self.file.stage(self.state, "heldout", f"{last.key}/heldout", lambda: self._sample(
-                last.key, heldout_prompts, teacher_alias, self.state, "heldout_job_id"))
+        held = self.state.heldout
+        if held is not None and last.train:
             self.file.stage(self.state, "diagnose", f"{last.key}/diagnose",
                             lambda: self._diagnose(last, teacher, held.samples_file))
 

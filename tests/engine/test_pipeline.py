@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ssd.state import RunState, load_state
+
 pytestmark = pytest.mark.engine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,9 +45,9 @@ def _ssd_run(config: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _state(tmp_path: Path) -> dict:
+def _state(tmp_path: Path) -> RunState:
     path = tmp_path / "run" / "state.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return load_state(path) if path.exists() else RunState()
 
 
 def test_ssd_run_writes_the_report_and_resumes_after_sigkill(sampler_url, tmp_path):
@@ -63,7 +65,7 @@ def test_ssd_run_writes_the_report_and_resumes_after_sigkill(sampler_url, tmp_pa
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     before = _state(tmp_path)
-    assert "round-0/eval" in before and "round-1/sample" in before and "round-1/train" not in before
+    assert before.baseline is not None and before.round(1).sample is not None and before.round(1).train is None
     eval_mtime = (tmp_path / "run" / "round-0" / "eval" / "summary.json").stat().st_mtime
 
     # Second attempt: resumes at training and finishes.
@@ -75,16 +77,17 @@ def test_ssd_run_writes_the_report_and_resumes_after_sigkill(sampler_url, tmp_pa
     assert "resumed from" in output  # the trainer continued from its checkpoint
 
     after = _state(tmp_path)
-    assert after["round-1/sample"]["job_id"] == before["round-1/sample"]["job_id"]  # not sampled again
+    one, two = after.round(1), after.round(2)
+    assert one.sample.job_id == before.round(1).sample.job_id  # not sampled again
     assert (tmp_path / "run" / "round-0" / "eval" / "summary.json").stat().st_mtime == eval_mtime
-    assert after["round-1/push"]["name"] == "pipeline"
+    assert one.push.name == "pipeline"
     # Round 2 samples from round 1's adapter and serves a new version.
-    round_two_job = after["round-2/sample"]["job_id"]
-    assert round_two_job != after["round-1/sample"]["job_id"]
-    assert after["round-2/push"]["version"] == after["round-1/push"]["version"] + 1
-    assert after["round-2/eval"]["adapter"] == after["round-2/push"]["alias"]
-    for stage in ("round-2/sweep", "round-2/heldout", "round-2/diagnose"):
-        assert stage in after
+    assert two.sample.job_id != one.sample.job_id
+    assert two.push.version == one.push.version + 1
+    assert two.eval.adapter == two.push.alias
+    assert after.sweep is not None and after.heldout is not None and after.diagnose is not None
+    # Round 2's diagnostics compare round 1's model (its teacher) with round 2's.
+    assert "Paired, problem by problem" in (tmp_path / "run" / "report.md").read_text()
 
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| all | pass@1 |" in report
