@@ -33,7 +33,7 @@ def _ssd(*argv: str) -> subprocess.CompletedProcess:
 
 def test_ssd_eval_humaneval_end_to_end(sampler_url, tmp_path):
     proc = _ssd("eval", "--sampler-url", sampler_url, "--problems", PROBLEM_IDS,
-                "--n", str(SAMPLES_PER_PROBLEM), "--temperature", "0.8", "--top-k", "20", "--top-p", "0.8",
+                "--n", str(SAMPLES_PER_PROBLEM), "--t-eval", "0.8", "--top-k", "20", "--top-p", "0.8",
                 "--max-tokens", "256", "--ks", "1,2", "--workers", "2", "--batch-size", "3",
                 "--output-dir", str(tmp_path), "--run-name", "e2e")
     assert proc.returncode == 0, proc.stderr[-3000:]
