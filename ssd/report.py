@@ -150,9 +150,10 @@ def _loss_section(root: Path, state: RunState, figures: Path) -> list[str]:
     finals = ", ".join(f"{k}: {v[-1]['loss']:.3f} after {v[-1]['step']} steps" for k, v in metrics.items())
     counts = ["| round | samples trained on | skipped (longer than max_seq_len) | completion cut to fit "
               "| cut at the sampler's max_tokens (no EOS target) |", "|---|---|---|---|---|"]
-    counts += [f"| {k} | {v[-1].get('samples', '?')} | {v[-1].get('skipped_samples', '?')} | "
-               f"{v[-1].get('truncated_samples', '?')} | {v[-1].get('max_tokens_samples', '?')} |"
-               for k, v in metrics.items()]
+    counts += [f"| {k} | {v[-1]['samples']} | {v[-1]['skipped_samples']} | {v[-1]['truncated_samples']} | "
+               f"{v[-1]['max_tokens_samples']} |" for k, v in metrics.items() if "samples" in v[-1]]
+    if len(counts) == 2:       # a trainer too old to count them
+        counts = []
     return ["## Training", "", f"Final loss: {finals}.", "", *counts, "",
             f"![training loss]({image.relative_to(root)})", ""]
 
