@@ -27,7 +27,7 @@ from common.protocol import API_KEYS_ENV, API_SCOPES, MIN_API_KEY_CHARS, SCOPE_A
 from sampler_service.errors import Forbidden, TooManyRequests, Unauthorized
 
 RETRY_AFTER_S = 1           # a key at its cap waits for one of its own requests to finish
-RELEASES_SCOPE_KEY = "ssd.in_flight_releases"
+RELEASES_SCOPE_KEY = "ssd_in_flight_releases"   # an ASGI scope key of ours
 _HOW_TO_ADD_KEYS = (f"add keys with `ssd serve --api-keys-file FILE` (one `KEY sample,admin` line per key) "
                     f"or {API_KEYS_ENV}='KEY1 sample,admin;KEY2 sample'")
 
