@@ -7,6 +7,7 @@ works; a hub id needs a reachable hub.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -47,6 +48,22 @@ def resolve_model(name_or_path: str) -> str:
             f"the demo model is not prepared at {path}; run `make setup` "
             "(or `python -m common.models`) first")
     return str(path)
+
+
+def local_model_config(name_or_path: str) -> dict:
+    """The model's HF `config.json` when the model is on this machine, else {} (a hub id, or the
+    demo not yet prepared)."""
+    try:
+        path = Path(resolve_model(name_or_path)) / "config.json"
+    except FileNotFoundError:
+        return {}
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def context_length(hf_config: dict) -> int | None:
+    """The model's own context (`max_position_embeddings`), None when the config does not say."""
+    value = hf_config.get("max_position_embeddings") or hf_config.get("text_config", {}).get("max_position_embeddings")
+    return int(value) if value else None
 
 
 def prepare_demo_model(target: Path | None = None) -> Path:

@@ -26,10 +26,20 @@ TOP_K_DISABLED: Final = -1         # vLLM's "no top-k"; 0 is refused rather than
 TOP_P_DISABLED: Final = 1.0
 MIN_P_DISABLED: Final = 0.0
 DEFAULT_MAX_N: Final = 64          # the service's default `max_n`; operators may lower or raise it
-DEFAULT_MAX_TOKENS: Final = 256
 MAX_STOP_STRINGS: Final = 16
 MAX_STOP_STRING_CHARS: Final = 256
 MAX_LOGPROBS: Final = 20
+
+# `max_tokens` left out (or null) on the wire means "the rest of the context": each prompt gets
+# max_model_len minus its own length, as vLLM's own server does. In a YAML or flag config, where a
+# number is easier to write than a null, FILL_CONTEXT (0) says the same.
+FILL_CONTEXT: Final = 0
+
+
+def wire_max_tokens(max_tokens: int) -> int | None:
+    """A config's max_tokens as the wire carries it: FILL_CONTEXT becomes null (left out)."""
+    return None if max_tokens == FILL_CONTEXT else max_tokens
+
 
 # -- request sizes ---------------------------------------------------------------------------
 MAX_PROMPTS_PER_REQUEST: Final = 1024

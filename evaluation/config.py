@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from common.config import check_range, help_meta, require
-from common.protocol import DEFAULT_MAX_N, DEFAULT_URL, MAX_TEMPERATURE
+from common.protocol import DEFAULT_MAX_N, DEFAULT_URL, FILL_CONTEXT, MAX_TEMPERATURE
 from evaluation.execution import OUTPUT_CHECK_EXACT, OUTPUT_CHECKS
 from evaluation.metrics import DEFAULT_KS
 from evaluation.prompts import EXTRACT_LAST, EXTRACTION_CHOICES
@@ -32,7 +32,8 @@ class EvalConfig:
     t_eval: float = field(default=DEFAULT_T_EVAL, metadata=help_meta("evaluation temperature (0 = greedy)"))
     top_k: int = field(default=20, metadata=help_meta("-1 = off"))
     top_p: float = field(default=0.8, metadata=help_meta("nucleus sampling"))
-    max_tokens: int = field(default=512, metadata=help_meta("new tokens per answer"))
+    max_tokens: int = field(default=FILL_CONTEXT, metadata=help_meta(
+        "new tokens per answer; 0 = the rest of the model's context"))
     adapter: str | None = field(default=None, metadata=help_meta("adapter name (or name@vN); none = base model"))
     ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS), metadata=help_meta("pass@k values"))
     timeout_s: float = field(default=DEFAULT_TIMEOUT_S, metadata=help_meta("sandbox timeout per test"))
@@ -59,7 +60,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check_range("n", self.n, 1, DEFAULT_MAX_N)
         check_range("t_eval", self.t_eval, 0.0, MAX_TEMPERATURE)
-        check_range("max_tokens", self.max_tokens, 1, MAX_TOKENS_LIMIT)
+        check_range("max_tokens", self.max_tokens, FILL_CONTEXT, MAX_TOKENS_LIMIT)
         check_range("workers", self.workers, 1, MAX_WORKERS)
         check_range("batch_size", self.batch_size, 1, MAX_BATCH_PROBLEMS)
         if self.limit is not None:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from common.config import to_dict
+from common.protocol import wire_max_tokens
 from evaluation.benchmarks import Benchmark, Problem, get_benchmark
 from evaluation.config import EvalConfig
 from evaluation.execution import CheckResult, check_answer
@@ -52,7 +53,7 @@ def load_benchmark(config: EvalConfig) -> Benchmark:
 
 def _sampling_params(config: EvalConfig) -> dict[str, Any]:
     params = {"n": config.n, "temperature": config.t_eval, "top_k": config.top_k, "top_p": config.top_p,
-              "max_tokens": config.max_tokens, "adapter": config.adapter}
+              "max_tokens": wire_max_tokens(config.max_tokens), "adapter": config.adapter}
     if config.request_seed is not None:
         params["seed"] = config.request_seed
     return params

@@ -285,9 +285,9 @@ def _sampling_routes(app: FastAPI, state: ServiceState) -> None:
         params = body.sampling_dict()
         sampling_params = engine.sampling_params(params)
         rendered = [engine.render(item) for item in body.inputs()]
-        for _, ids in rendered:
-            engine.check_fits(ids, body.max_tokens)
-        return await _cancel_on_disconnect(request, _generate_all(state, rendered, sampling_params, body.adapter))
+        per_prompt = [engine.with_max_tokens(sampling_params, engine.check_fits(ids, body.max_tokens))
+                      for _, ids in rendered]
+        return await _cancel_on_disconnect(request, _generate_all(state, rendered, per_prompt, body.adapter))
 
 
 def _job_routes(app: FastAPI, state: ServiceState) -> None:
@@ -408,14 +408,15 @@ async def _job_or_404(store: Store, job_id: str) -> dict:
     return job
 
 
-async def _generate_all(state: ServiceState, rendered: list[tuple[str, list[int]]], sampling_params: Any,
+async def _generate_all(state: ServiceState, rendered: list[tuple[str, list[int]]], per_prompt: list[Any],
                         adapter_ref: str | None) -> dict:
     engine = state.engine
     async with state.adapters.lease(adapter_ref) as adapter:
         lora = adapter.lora_request() if adapter else None
         engine.admission.try_enter(len(rendered))
         try:
-            results = await asyncio.gather(*(engine.generate(ids, sampling_params, lora) for _, ids in rendered))
+            results = await asyncio.gather(*(engine.generate(ids, params, lora)
+                                             for (_, ids), params in zip(rendered, per_prompt, strict=True)))
         finally:
             await engine.admission.leave(len(rendered))
     completion_tokens = sum(len(c.token_ids) for r in results for c in r.completions)

@@ -9,15 +9,14 @@ flight, beyond which synchronous callers get 503 + Retry-After and job runners w
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from common.models import context_length, local_model_config
 from common.protocol import OPENAI_ONLY_FIELDS, SAMPLING_FIELDS
 from sampler_service.config import ServiceConfig
 from sampler_service.errors import EngineUnavailable, InvalidRequest, Overloaded
@@ -42,9 +41,8 @@ def resolve_max_model_len(config: ServiceConfig, model_path: str, is_cpu: bool) 
         return config.max_model_len
     if not is_cpu:
         return 0
-    hf = json.loads((Path(model_path) / "config.json").read_text()) if (Path(model_path) / "config.json").is_file() \
-        else {}
-    own = int(hf.get("max_position_embeddings") or FALLBACK_CONTEXT)
+    hf = local_model_config(model_path)
+    own = context_length(hf) or FALLBACK_CONTEXT
     heads = int(hf.get("num_attention_heads") or 1)
     head_dim = int(hf.get("head_dim") or int(hf.get("hidden_size") or 0) // heads)
     per_token = 2 * int(hf.get("num_hidden_layers") or 0) * int(hf.get("num_key_value_heads") or heads) \
@@ -190,12 +188,25 @@ class Engine:
             raise InvalidRequest(f"the chat template rejected the conversation: {exc}", param="messages") from exc
         return text, list(self._tokenizer.encode(text, add_special_tokens=False))
 
-    def check_fits(self, prompt_ids: list[int], max_tokens: int) -> None:
-        limit = self.max_model_len
-        if len(prompt_ids) + max_tokens > limit:
+    def room(self, prompt_ids: list[int]) -> int:
+        """The new tokens the context leaves after this prompt (< 1: the prompt alone is too long)."""
+        return self.max_model_len - len(prompt_ids)
+
+    def check_fits(self, prompt_ids: list[int], max_tokens: int | None) -> int:
+        """The new tokens this prompt gets: `max_tokens`, or with None the rest of the context.
+        A request that cannot fit is refused with a 400 that says by how much; nothing is cut."""
+        room = self.room(prompt_ids)
+        if room < 1:
+            raise InvalidRequest(f"the prompt ({len(prompt_ids)} tokens) leaves no room in the context "
+                                 f"length {self.max_model_len}", param="max_tokens")
+        if max_tokens is None:
+            return room
+        if max_tokens > room:
             raise InvalidRequest(
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the context "
-                f"length {limit}", param="max_tokens")
+                f"length {self.max_model_len}; ask for at most {room}, or leave max_tokens out to fill "
+                "the context", param="max_tokens")
+        return max_tokens
 
     def check_token_ids(self, token_ids: list[int], param: str) -> None:
         """A token-id prompt must stay inside the vocabulary: vLLM would fail the request later."""
@@ -228,6 +239,15 @@ class Engine:
                 output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
         except (ValueError, VLLMClientError) as exc:  # vLLM's own checks, as a second line of defence
             raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from exc
+
+    @staticmethod
+    def with_max_tokens(sampling_params: Any, max_tokens: int) -> Any:
+        """The same parameters with this prompt's own `max_tokens` (a copy when it differs)."""
+        if sampling_params.max_tokens == max_tokens:
+            return sampling_params
+        own = sampling_params.clone()
+        own.max_tokens = max_tokens
+        return own
 
     # -- generation --------------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], sampling_params: Any,

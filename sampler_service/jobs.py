@@ -168,17 +168,18 @@ class JobRunner:
         text, prompt_ids = self.engine.render(value)
         # A prompt too long for the context can't be sampled; record it as done with no samples
         # rather than failing the whole job.
-        room = self.engine.max_model_len - len(prompt_ids)
-        max_new = min(job["params"]["max_tokens"], room)
-        if max_new < 1:
+        room = self.engine.room(prompt_ids)
+        if room < 1:
             log.warning("job %s prompt %s is longer than the context; skipped", job["id"], prompt_id)
             result = PromptResult(idx, prompt_id, text, prompt_ids, [], None, too_long=True)
             await asyncio.to_thread(self.store.record_prompt_result, job["id"], result, job["filters"], 0.0)
             return
-        clamped = max_new < sampling_params.max_tokens
-        if clamped:   # counted on the job (prompts_clamped), shown by `ssd jobs show` and the report
-            sampling_params = sampling_params.clone()
-            sampling_params.max_tokens = max_new
+        # No max_tokens: the rest of the context. One larger than the room is lowered to it, and
+        # counted on the job (prompts_clamped), shown by `ssd jobs show` and the report.
+        requested = job["params"].get("max_tokens")
+        clamped = requested is not None and requested > room
+        max_new = room if requested is None else min(requested, room)
+        sampling_params = self.engine.with_max_tokens(sampling_params, max_new)
         await self.engine.admission.enter()
         try:
             async with self.adapters.lease(job["params"].get("adapter")) as adapter:

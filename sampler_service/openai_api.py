@@ -151,20 +151,22 @@ def _prepare_chat(state: ServiceState, body: ChatCompletionRequest) -> _Prepared
     engine.require_ready()
     adapter = adapter_for_model(state, body.model)
     _, ids = engine.render(body.conversation())
-    max_tokens = body.max_completion_tokens or body.max_tokens or max(state.config.max_model_len - len(ids), 1)
+    max_tokens = body.max_completion_tokens or body.max_tokens   # None: the rest of the context
     top = (body.top_logprobs or 0) if body.logprobs else None
     return _finish_prepare(state, body, adapter, [ids], max_tokens, top, top)
 
 
 def _finish_prepare(state: ServiceState, body: OpenAISamplingFields, adapter: str | None,
-                    prompt_ids: list[list[int]], max_tokens: int, logprobs: int | None,
+                    prompt_ids: list[list[int]], max_tokens: int | None, logprobs: int | None,
                     logprobs_top: int | None) -> _Prepared:
+    """`max_tokens` None (chat only, one conversation): the rest of the context."""
     engine = state.engine
+    fitted = []
     for ids in prompt_ids:
         if not ids:
             raise InvalidRequest("a prompt has no tokens", param="prompt")
-        engine.check_fits(ids, max_tokens)
-    params = engine.sampling_params(body.sampling_dict(max_tokens, logprobs), stream=body.stream)
+        fitted.append(engine.check_fits(ids, max_tokens))
+    params = engine.sampling_params(body.sampling_dict(max_tokens or min(fitted), logprobs), stream=body.stream)
     return _Prepared(body, adapter, prompt_ids, params, logprobs_top)
 
 

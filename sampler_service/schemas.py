@@ -17,7 +17,6 @@ from common.protocol import (
     ADAPTER_NAME_PATTERN,
     ADAPTER_REF_PATTERN,
     CHAT_ROLES,
-    DEFAULT_MAX_TOKENS,
     DEFAULT_SHORTEST_BY,
     MAX_CHAT_MESSAGES,
     MAX_DROP_SHORTEST_FRACTION,
@@ -70,7 +69,7 @@ class SamplingFields(_Strict):
     top_k: int = Field(TOP_K_DISABLED, ge=TOP_K_DISABLED)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
-    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1)
+    max_tokens: int | None = Field(None, ge=1)   # null: the rest of the context, per prompt
     stop: list[Text] | None = Field(None, max_length=MAX_STOP_STRINGS)
     seed: int | None = Field(None, ge=0)
     adapter: str | None = Field(None, pattern=ADAPTER_REF_PATTERN)

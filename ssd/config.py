@@ -11,11 +11,12 @@ from common.config import check_range, help_meta, require
 from common.protocol import (
     DEFAULT_ADAPTER_ALIAS,
     DEFAULT_MAX_N,
-    DEFAULT_MAX_TOKENS,
     DEFAULT_URL,
+    FILL_CONTEXT,
     MAX_DROP_SHORTEST_FRACTION,
     MAX_TEMPERATURE,
     TOP_K_DISABLED,
+    wire_max_tokens,
 )
 from evaluation.config import DEFAULT_T_EVAL
 from ssd.prompt_datasets import DEDUP_NORMALIZED, FORMAT_AUTO, PromptDataConfig
@@ -42,7 +43,8 @@ class SamplingConfig:
     top_k: int = field(default=TOP_K_DISABLED, metadata=help_meta("-1 = off"))
     top_p: float = field(default=1.0, metadata=help_meta("nucleus truncation"))
     min_p: float = field(default=0.0, metadata=help_meta("min-p truncation"))
-    max_tokens: int = field(default=DEFAULT_MAX_TOKENS, metadata=help_meta("new tokens per sample"))
+    max_tokens: int = field(default=FILL_CONTEXT, metadata=help_meta(
+        "new tokens per sample; 0 = the rest of the model's context"))
     adapter: str | None = field(default=None, metadata=help_meta("adapter alias (`ssd`) or version (`ssd@v2`)"))
     drop_shortest_fraction: float = field(default=DEFAULT_DROP_SHORTEST_FRACTION, metadata=help_meta(
         "jobs: ml-ssd's shortest-X filter"))
@@ -54,7 +56,7 @@ class SamplingConfig:
 
     def params(self) -> dict[str, Any]:
         return {"n": self.n, "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                "min_p": self.min_p, "max_tokens": self.max_tokens, "adapter": self.adapter}
+                "min_p": self.min_p, "max_tokens": wire_max_tokens(self.max_tokens), "adapter": self.adapter}
 
 
 @dataclass
@@ -89,7 +91,8 @@ class RunConfig:
     top_k: int = field(default=DEFAULT_TOP_K, metadata=help_meta("truncation at T_train and T_eval (-1 = off)"))
     top_p: float = field(default=DEFAULT_TOP_P, metadata=help_meta("truncation at T_train and T_eval"))
     samples_per_prompt: int = field(default=1, metadata=help_meta("samples per training prompt"))
-    sample_max_tokens: int = field(default=512, metadata=help_meta("new tokens per training sample"))
+    sample_max_tokens: int = field(default=FILL_CONTEXT, metadata=help_meta(
+        "new tokens per training sample; 0 = the rest of the model's context"))
     drop_shortest_fraction: float = field(default=DEFAULT_DROP_SHORTEST_FRACTION, metadata=help_meta(
         "ml-ssd: drop the shortest X of samples"))
     # step 2: train
@@ -97,7 +100,8 @@ class RunConfig:
     lora_rank: int = field(default=16, metadata=help_meta("LoRA rank"))
     lr: float = field(default=2e-4, metadata=help_meta("peak learning rate"))
     epochs: int = field(default=1, metadata=help_meta("passes over the samples"))
-    max_seq_len: int = field(default=1024, metadata=help_meta("prompt + completion tokens per sequence"))
+    max_seq_len: int = field(default=FILL_CONTEXT, metadata=help_meta(
+        "prompt + completion tokens per training sequence; 0 = the service's context, which holds every sample"))
     # step 3: evaluate
     benchmark: str = field(default="humaneval", metadata=help_meta("humaneval | livecodebench"))
     benchmark_path: str | None = field(default=None, metadata=help_meta("local benchmark file (LiveCodeBench)"))
@@ -110,7 +114,8 @@ class RunConfig:
     eval_n: int = field(default=1, metadata=help_meta("repeats per problem (pass@k needs n >= k)"))
     eval_repeat_seeds: str = field(default="auto", metadata=help_meta(
         "repeat i with seed i, as ml-ssd: auto (on a GPU service) | true | false"))
-    eval_max_tokens: int = field(default=512, metadata=help_meta("new tokens per answer"))
+    eval_max_tokens: int = field(default=FILL_CONTEXT, metadata=help_meta(
+        "new tokens per answer; 0 = the rest of the model's context"))
     sweep_temperatures: list[float] = field(default_factory=list, metadata=help_meta(
         "T_eval values for the sweep plot, comma-separated; empty = no sweep"))
     sweep_limit: int | None = field(default=40, metadata=help_meta("problems per sweep point"))
@@ -128,6 +133,8 @@ class RunConfig:
         check_range("num_prompts", self.num_prompts, 0, MAX_PROMPTS)
         check_range("heldout_prompts", self.heldout_prompts, 0, MAX_PROMPTS)
         check_range("sweep_n", self.sweep_n, 1, DEFAULT_MAX_N)
+        for name in ("sample_max_tokens", "eval_max_tokens", "max_seq_len"):
+            require(getattr(self, name) >= 0, f"{name} must be >= 0 (0 = what the context holds)")
         check_range("plan_tokens_per_s", self.plan_tokens_per_s, 0, float("inf"), low_open=True)
         require(self.round_start in ROUND_STARTS,
                 f"round_start must be one of {ROUND_STARTS}, got {self.round_start!r}")

@@ -31,7 +31,7 @@ from common.config import load_yaml, to_dict
 from common.errors import SSDError
 from common.jsonl import read_jsonl
 from common.models import resolve_model
-from common.protocol import JOB_COMPLETED
+from common.protocol import JOB_COMPLETED, wire_max_tokens
 from evaluation.config import EvalConfig
 from evaluation.runner import evaluate, format_summary
 from evaluation.sweep import save_points, temperature_sweep
@@ -51,7 +51,7 @@ from ssd.state import (
     SweepStage,
     TrainStage,
 )
-from trainer.config import TrainConfig
+from trainer.config import MAX_MAX_SEQ_LEN, TrainConfig
 
 CONFIG_FILE = "config.yaml"
 # One evaluation request carries a batch of problems times their repeats; on a busy CPU that takes
@@ -74,7 +74,7 @@ class Experiment:
         self.root = config.output_dir
         self.file = StateFile(self.root / STATE_FILE)
         self.state = self.file.state
-        self._device: str | None = None
+        self._health: dict[str, Any] | None = None
 
     def run(self) -> Path:
         cfg = self.config
@@ -128,8 +128,9 @@ class Experiment:
         if job_id is None:  # recorded before waiting, so a crash resumes this job rather than a new one
             job = self.sampler.create_job(
                 prompts=prompts, name=f"{cfg.output_dir.name}-{key}-{kind}", n=cfg.samples_per_prompt,
-                temperature=cfg.t_train, top_k=cfg.top_k, top_p=cfg.top_p, max_tokens=cfg.sample_max_tokens,
-                adapter=adapter, filters={"drop_empty": True, "drop_shortest_fraction": cfg.drop_shortest_fraction})
+                temperature=cfg.t_train, top_k=cfg.top_k, top_p=cfg.top_p,
+                max_tokens=wire_max_tokens(cfg.sample_max_tokens), adapter=adapter,
+                filters={"drop_empty": True, "drop_shortest_fraction": cfg.drop_shortest_fraction})
             job_id = job["id"]
             setattr(owner, id_field, job_id)
             self.file.save()
@@ -146,7 +147,7 @@ class Experiment:
         out = self.root / key / "train"
         values = load_yaml(cfg.train_config) | {
             "model": cfg.model, "sampler_url": self.sampler.base_url, "job_id": job_id, "output_dir": str(out),
-            "lora_rank": cfg.lora_rank, "lr": cfg.lr, "epochs": cfg.epochs, "max_seq_len": cfg.max_seq_len,
+            "lora_rank": cfg.lora_rank, "lr": cfg.lr, "epochs": cfg.epochs, "max_seq_len": self._max_seq_len(),
             "resume": True, "push": False}
         if cfg.round_start == ROUND_START_CONTINUE and previous_adapter:
             values["init_adapter"] = previous_adapter
@@ -182,9 +183,19 @@ class Experiment:
         choice = self.config.eval_repeat_seeds
         if choice != "auto":
             return choice == "true"
-        if self._device is None:
-            self._device = str(self.sampler.health().get("device", "cpu"))
-        return self._device != "cpu" and self.config.eval_n > 1
+        return self._service_health().get("device", "cpu") != "cpu" and self.config.eval_n > 1
+
+    def _service_health(self) -> dict[str, Any]:
+        if self._health is None:
+            self._health = self.sampler.health()
+        return self._health
+
+    def _max_seq_len(self) -> int:
+        """`max_seq_len` 0: the service's context, which holds every prompt and its sample, so the
+        trainer skips or cuts none of them (up to the trainer's own bound)."""
+        if self.config.max_seq_len:
+            return self.config.max_seq_len
+        return min(int(self._service_health()["max_model_len"]), MAX_MAX_SEQ_LEN)
 
     def _evaluate(self, key: str, adapter: str | None) -> EvalStage:
         result = evaluate(self.sampler, self._eval_config(key, adapter))

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 
 from common.protocol import DEFAULT_MAX_N as MAX_N
-from common.protocol import DEFAULT_MAX_TOKENS, MAX_TEMPERATURE, MIN_P_DISABLED, TOP_K_DISABLED, TOP_P_DISABLED
+from common.protocol import MAX_TEMPERATURE, MIN_P_DISABLED, TOP_K_DISABLED, TOP_P_DISABLED
 from diagnostics.truncation import GREEDY_TEMPERATURE, truncated_distribution
 
 DEFAULT_BATCH_SIZE = 64
+DEFAULT_MAX_TOKENS = 256           # a model with no context limit of its own: a bound for the tests
 
 
 @dataclass

@@ -47,8 +47,9 @@ def _bounded(body: object) -> None:
     for name in ("prompts", "messages", "prompt"):
         if isinstance(body.get(name), list) and len(body[name]) > MAX_FUZZ_PROMPTS:
             body[name] = body[name][:MAX_FUZZ_PROMPTS]
-    if "messages" in body and "model" in body and "max_tokens" not in body and "max_completion_tokens" not in body:
-        body["max_tokens"] = MAX_FUZZ_TOKENS   # chat's default is the rest of the context
+    asks_for_text = any(name in body for name in ("prompts", "messages"))
+    if asks_for_text and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        body["max_tokens"] = MAX_FUZZ_TOKENS   # the native and chat default is the rest of the context
 
 
 def test_fuzz_finds_no_server_error_and_no_schema_violation(sampler_url):
