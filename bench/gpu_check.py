@@ -46,7 +46,8 @@ MAX_SEQ_LEN = 2048
 STEPS = 24
 SAVE_EVERY = 8
 KILL_AFTER_STEP = 8
-RESUME_TOLERANCE = 1e-3        # bf16 kernels on a GPU are not bit-reproducible run to run
+RESUME_SLACK = 2.0             # bf16 kernels on a GPU are not bit-reproducible: a rerun is the yardstick
+EXACT = 1e-6                   # on a CPU both differences are 0
 TRAIN_TIMEOUT_S = 600
 
 
@@ -114,25 +115,35 @@ def check_trainer(out: Path, shape: dict) -> dict:
     model, samples = out / "model-random", out / "samples.jsonl"
     build_model(model, shape)
     write_samples(samples, shape)
-    whole = out / "whole"
-    with (out / "whole.log").open("w") as log:
-        subprocess.run(trainer_command(model, samples, whole), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                       check=True, timeout=TRAIN_TIMEOUT_S)
+    # Two uninterrupted runs measure how far the GPU's own non-determinism moves the adapter; the
+    # killed-and-resumed run must land no farther from the first than the second one does.
+    whole, again = out / "whole", out / "again"
+    for folder in (whole, again):
+        with (out / f"{folder.name}.log").open("w") as log:
+            subprocess.run(trainer_command(model, samples, folder), stdout=log, stderr=subprocess.STDOUT,
+                           cwd=REPO, check=True, timeout=TRAIN_TIMEOUT_S)
     rows = metrics(whole)
     resumed = out / "resumed"
     ran = run_killed_then_resumed(trainer_command(model, samples, resumed), resumed, out / "resumed.log")
-    a, b = adapter_weights(whole), adapter_weights(resumed)
-    max_diff = max((a[key].float() - b[key].float()).abs().max().item() for key in a)
-    scale = max(a[key].float().abs().max().item() for key in a)
+    a = adapter_weights(whole)
+    resume_diff, control_diff = (max_abs_diff(a, adapter_weights(other)) for other in (resumed, again))
     result = {
         "steps": rows[-1]["step"], "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
+        "resumed_last_loss": metrics(resumed)[-1]["loss"],
         "tokens_per_s": sum(r["tokens_per_s"] for r in rows[1:]) / max(len(rows) - 1, 1),
         "killed_after_s": round(ran, 1), "resumed_steps": metrics(resumed)[-1]["step"],
-        "resume_max_abs_diff": max_diff, "adapter_max_abs": scale,
+        "resume_max_abs_diff": resume_diff, "rerun_max_abs_diff": control_diff,
+        "adapter_max_abs": max(t.float().abs().max().item() for t in a.values()),
     }
     result["loss_fell"] = result["last_loss"] < result["first_loss"]
-    result["resume_matches"] = max_diff <= RESUME_TOLERANCE * max(scale, 1.0) and set(a) == set(b)
+    result["resume_matches"] = resume_diff <= max(RESUME_SLACK * control_diff, EXACT)
     return result
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    if set(a) != set(b):
+        return float("inf")
+    return max((a[key].float() - b[key].float()).abs().max().item() for key in a)
 
 
 def run_bench(out: Path) -> dict:
