@@ -14,6 +14,7 @@ from common.config import config_from_args
 from evaluation.config import EvalConfig
 from evaluation.metrics import rescore
 from evaluation.runner import evaluate, format_summary
+from evaluation.sweep import DEFAULT_SWEEP_CONCURRENCY
 
 EPILOG = """\
 examples:
@@ -49,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--grid", metavar="T_TRAIN=ADAPTER,...", help="with --sweep: one adapter per T_train")
     parser.add_argument("--t-train", type=float, metavar="T", help="with --sweep: the adapter's T_train")
     parser.add_argument("--no-base", action="store_true", help="with --sweep: skip the base model")
+    parser.add_argument("--sweep-concurrency", type=int, default=DEFAULT_SWEEP_CONCURRENCY, metavar="N",
+                        help=f"with --sweep: points evaluated at once (default {DEFAULT_SWEEP_CONCURRENCY})")
     parser.add_argument("--rescore", metavar="PATH", help="re-score a run directory or samples.jsonl")
     parser.add_argument("--report", metavar="SWEEP_DIR", help="rebuild the plots and report.md from a sweep")
     parser.set_defaults(func=run_eval_command)
@@ -74,10 +77,11 @@ def _sweep_command(client, config: EvalConfig, args: argparse.Namespace) -> int:
     from evaluation.sweep import parse_grid, parse_temperatures, temperature_grid, temperature_sweep
     temperatures = parse_temperatures(args.sweep)
     if args.grid:
-        points = temperature_grid(client, config, temperatures, parse_grid(args.grid), include_base=not args.no_base)
+        points = temperature_grid(client, config, temperatures, parse_grid(args.grid), include_base=not args.no_base,
+                                  concurrency=args.sweep_concurrency)
     else:
-        points = temperature_sweep(client, config, temperatures, adapter=config.adapter,
-                                   t_train=args.t_train, include_base=not args.no_base)
+        points = temperature_sweep(client, config, temperatures, adapter=config.adapter, t_train=args.t_train,
+                                   include_base=not args.no_base, concurrency=args.sweep_concurrency)
     study_dir = Path(points[0].run_dir).parent
     report = write_report(points, study_dir, title=f"Temperature study: {config.benchmark}")
     print(f"{'model':<28} {'T_eval':>6} {'T_eff':>6} {'pass@1':>7}")

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.config import check_range
 from evaluation.config import EvalConfig
 from evaluation.metrics import Metric
 from evaluation.runner import EvalResult, Sampler, evaluate
 
 SWEEP_FILE = "sweep.json"
 MAX_SWEEP_POINTS = 64
+MAX_SWEEP_CONCURRENCY = 16
+DEFAULT_SWEEP_CONCURRENCY = 4
 BASE_LABEL = "base"
 
 
@@ -72,20 +76,21 @@ def _check_size(temperatures: list[float], runs: int) -> None:
 
 def temperature_sweep(client: Sampler, config: EvalConfig, temperatures: list[float], *,
                       adapter: str | None = None, t_train: float | None = None,
-                      include_base: bool = True) -> list[SweepPoint]:
+                      include_base: bool = True, concurrency: int = 1) -> list[SweepPoint]:
     """Evaluate the base model (and `adapter`, if given) at every T_eval in `temperatures`."""
     runs: list[tuple[str, str | None, float | None]] = [(BASE_LABEL, None, None)] if include_base else []
     if adapter:
         runs.append((_adapter_label(adapter, t_train), adapter, t_train))
-    return _study(client, config, temperatures, runs)
+    return _study(client, config, temperatures, runs, concurrency)
 
 
 def temperature_grid(client: Sampler, config: EvalConfig, temperatures: list[float],
-                     adapters_by_t_train: dict[float, str], *, include_base: bool = True) -> list[SweepPoint]:
+                     adapters_by_t_train: dict[float, str], *, include_base: bool = True,
+                     concurrency: int = 1) -> list[SweepPoint]:
     """One SSD adapter per T_train, each evaluated at every T_eval: the (T_train, T_eval) grid."""
     runs: list[tuple[str, str | None, float | None]] = [(BASE_LABEL, None, None)] if include_base else []
     runs += [(_adapter_label(a, t), a, t) for t, a in sorted(adapters_by_t_train.items())]
-    return _study(client, config, temperatures, runs)
+    return _study(client, config, temperatures, runs, concurrency)
 
 
 def _adapter_label(adapter: str, t_train: float | None) -> str:
@@ -93,16 +98,24 @@ def _adapter_label(adapter: str, t_train: float | None) -> str:
 
 
 def _study(client: Sampler, config: EvalConfig, temperatures: list[float],
-           runs: list[tuple[str, str | None, float | None]]) -> list[SweepPoint]:
+           runs: list[tuple[str, str | None, float | None]], concurrency: int) -> list[SweepPoint]:
+    """Evaluate every (run, T_eval) point, `concurrency` of them at once. One point is a single
+    batch of requests, and the engine waits on its longest answer; points in flight together keep
+    its batch full (on the CPU, 4 at once halved a 10-point sweep's time)."""
     _check_size(temperatures, len(runs))
+    check_range("concurrency", concurrency, 1, MAX_SWEEP_CONCURRENCY)
     study_dir = Path(config.output_dir) / (config.run_name or f"{config.benchmark}-sweep")
-    points = []
-    for label, adapter, t_train in runs:
-        for temperature in temperatures:
-            result = _run_point(client, config, adapter=adapter, temperature=temperature, study_dir=study_dir)
-            points.append(_point(result, label, t_train))
-            save_points(points, study_dir)        # a crash keeps the points done so far
-    return points
+    todo = [(label, adapter, t_train, t) for label, adapter, t_train in runs for t in temperatures]
+    done: dict[int, SweepPoint] = {}
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = {pool.submit(_run_point, client, config, adapter=adapter, temperature=t, study_dir=study_dir): i
+                   for i, (_, adapter, _, t) in enumerate(todo)}
+        for future in as_completed(futures):
+            index = futures[future]
+            label, _, t_train, _ = todo[index]
+            done[index] = _point(future.result(), label, t_train)
+            save_points([done[i] for i in sorted(done)], study_dir)   # a crash keeps the points done so far
+    return [done[i] for i in sorted(done)]
 
 
 def save_points(points: list[SweepPoint], study_dir: str | Path) -> Path:

@@ -19,6 +19,7 @@ from common.protocol import (
     wire_max_tokens,
 )
 from evaluation.config import DEFAULT_T_EVAL
+from evaluation.sweep import DEFAULT_SWEEP_CONCURRENCY, MAX_SWEEP_CONCURRENCY
 from ssd.prompt_datasets import DEDUP_NORMALIZED, FORMAT_AUTO, PromptDataConfig
 
 MAX_ROUNDS = 20
@@ -120,6 +121,8 @@ class RunConfig:
         "T_eval values for the sweep plot, comma-separated; empty = no sweep"))
     sweep_limit: int | None = field(default=40, metadata=help_meta("problems per sweep point"))
     sweep_n: int = field(default=1, metadata=help_meta("repeats per problem at each sweep point"))
+    sweep_concurrency: int = field(default=DEFAULT_SWEEP_CONCURRENCY, metadata=help_meta(
+        "sweep points evaluated at once (keeps the engine's batch full)"))
     eval_workers: int = field(default=2, metadata=help_meta("sandboxes in parallel"))
     plan_tokens_per_s: float = field(default=DEFAULT_PLAN_TOKENS_PER_S, metadata=help_meta(
         "--dry-run: output tokens/s the service is assumed to sustain, for the hours estimate"))
@@ -133,6 +136,7 @@ class RunConfig:
         check_range("num_prompts", self.num_prompts, 0, MAX_PROMPTS)
         check_range("heldout_prompts", self.heldout_prompts, 0, MAX_PROMPTS)
         check_range("sweep_n", self.sweep_n, 1, DEFAULT_MAX_N)
+        check_range("sweep_concurrency", self.sweep_concurrency, 1, MAX_SWEEP_CONCURRENCY)
         for name in ("sample_max_tokens", "eval_max_tokens", "max_seq_len"):
             require(getattr(self, name) >= 0, f"{name} must be >= 0 (0 = what the context holds)")
         check_range("plan_tokens_per_s", self.plan_tokens_per_s, 0, float("inf"), low_open=True)

@@ -207,7 +207,7 @@ class Experiment:
         config = self._eval_config(key, None, limit=cfg.sweep_limit, n=cfg.sweep_n, ks=[1], run_name="sweep",
                                    repeat_seeds=self._repeat_seeds() and cfg.sweep_n > 1)
         points = temperature_sweep(self.sampler, config, list(cfg.sweep_temperatures), adapter=adapter,
-                                   t_train=cfg.t_train)
+                                   t_train=cfg.t_train, concurrency=cfg.sweep_concurrency)
         return SweepStage(sweep_file=str(save_points(points, self.root / key / "sweep")))
 
     def _diagnose(self, last: RoundState, teacher: RoundState | None, samples_file: str) -> DiagnoseStage:

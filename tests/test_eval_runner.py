@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 
 import pytest
 
@@ -94,6 +95,29 @@ def test_sweep_grid_and_report(tmp_path):
                             parse_grid("1.2=ssd-a,2.0=ssd-b"))
     assert sorted({(p.t_train, p.t_eval, p.t_eff) for p in grid if p.t_train}) == [
         (1.2, 0.5, 0.6), (1.2, 1.0, 1.2), (2.0, 0.5, 1.0), (2.0, 1.0, 2.0)]
+
+
+class BarrierSampler(FakeSampler):
+    """Each request waits until `parties` requests are in flight together (or fails after a timeout)."""
+
+    def __init__(self, parties: int):
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=30)
+
+    def sample(self, *, messages=None, **params):
+        self.barrier.wait()
+        return super().sample(messages=messages, **params)
+
+
+def test_sweep_points_run_concurrently_and_come_back_in_order(tmp_path):
+    temperatures = [0.2, 0.4, 0.6, 0.8]
+    config = _config(tmp_path, n=1, ks=[1], limit=2, batch_size=2, run_name="together")
+    # With 4 points and concurrency 4 the barrier opens; run one at a time, it would time out.
+    points = temperature_sweep(BarrierSampler(4), config, temperatures, include_base=True, concurrency=4)
+    assert [p.t_eval for p in points] == temperatures
+    assert [p.t_eval for p in load_points(tmp_path / "together")] == temperatures
+    with pytest.raises(ConfigError, match="concurrency"):
+        temperature_sweep(FakeSampler(), config, temperatures, concurrency=0)
 
 
 def _parse(argv):
