@@ -14,6 +14,8 @@ from evaluation.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MAX_WORKERS
 
 DEFAULT_T_EVAL = 0.7              # the demo's T_eval; the paper's model cards use 0.9-1.1 for Qwen3
 MAX_BATCH_PROBLEMS = 64
+DEFAULT_REQUESTS_IN_FLIGHT = 4
+MAX_REQUESTS_IN_FLIGHT = 16
 MAX_TOKENS_LIMIT = 32768          # ml-ssd's evaluation max_tokens
 MAX_PROBLEMS = 10 ** 7
 
@@ -48,6 +50,8 @@ class EvalConfig:
     # The engine only batches what is in flight: 64 problems per request keeps vLLM's continuous
     # batching full (8 per request made a HumanEval run on the CPU about 4x slower).
     batch_size: int = field(default=MAX_BATCH_PROBLEMS, metadata=help_meta("problems per sampling request"))
+    requests_in_flight: int = field(default=DEFAULT_REQUESTS_IN_FLIGHT, metadata=help_meta(
+        "sampling requests sent at once: the engine's batch stays full while one waits on its longest answer"))
     output_dir: str = field(default="runs/eval", metadata=help_meta("results go to OUTPUT_DIR/RUN_NAME"))
     run_name: str | None = field(default=None, metadata=help_meta("default: benchmark-adapter-T"))
     sampler_url: str = field(default=DEFAULT_URL, metadata=help_meta("sampling service"))
@@ -63,6 +67,7 @@ class EvalConfig:
         check_range("max_tokens", self.max_tokens, FILL_CONTEXT, MAX_TOKENS_LIMIT)
         check_range("workers", self.workers, 1, MAX_WORKERS)
         check_range("batch_size", self.batch_size, 1, MAX_BATCH_PROBLEMS)
+        check_range("requests_in_flight", self.requests_in_flight, 1, MAX_REQUESTS_IN_FLIGHT)
         if self.limit is not None:
             check_range("limit", self.limit, 1, MAX_PROBLEMS)
         require(self.output_check in OUTPUT_CHECKS, f"output_check must be one of {OUTPUT_CHECKS}")

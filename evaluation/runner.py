@@ -115,14 +115,26 @@ class _Run:
 
 
 def _generate_and_check(client: Sampler, run: _Run, problems: list[Problem], pool: ThreadPoolExecutor) -> None:
+    """Up to `requests_in_flight` batches are sampled at once, so the engine's batch does not drain
+    while one request waits on its longest answer; answers are checked in problem order."""
     params = _sampling_params(run.config)
-    for batch in _batches(problems, run.config.batch_size):
-        for sample_offset, response in _responses(client, batch, params, run.config.repeat_seeds):
-            run.record_response(response)
-            for result in response["results"]:
-                problem = batch[result["index"]]
-                for index, completion in enumerate(result["completions"]):
-                    run.submit(pool, problem, sample_offset + index, completion)
+    batches = list(_batches(problems, run.config.batch_size))
+
+    def sample(batch: list[Problem]) -> list[tuple[int, dict[str, Any]]]:
+        return list(_responses(client, batch, params, run.config.repeat_seeds))
+
+    requests = ThreadPoolExecutor(max_workers=run.config.requests_in_flight)
+    try:
+        futures = [requests.submit(sample, batch) for batch in batches]
+        for batch, future in zip(batches, futures, strict=True):
+            for sample_offset, response in future.result():
+                run.record_response(response)
+                for result in response["results"]:
+                    problem = batch[result["index"]]
+                    for index, completion in enumerate(result["completions"]):
+                        run.submit(pool, problem, sample_offset + index, completion)
+    finally:
+        requests.shutdown(wait=True, cancel_futures=True)   # a failed batch cancels those not yet sent
 
 
 def _responses(client: Sampler, batch: list[Problem], params: dict[str, Any], repeat_seeds: bool):

@@ -109,6 +109,14 @@ class BarrierSampler(FakeSampler):
         return super().sample(messages=messages, **params)
 
 
+def test_batches_are_sampled_concurrently_and_checked_in_order(tmp_path):
+    # 4 problems, one per request: the barrier opens only if all 4 requests are in flight together.
+    result = evaluate(BarrierSampler(4), _config(tmp_path, n=1, ks=[1], batch_size=1, requests_in_flight=4))
+    rows = [json.loads(line) for line in (result.output_dir / "samples.jsonl").read_text().splitlines()]
+    assert [row["problem_id"] for row in rows] == [p.id for p in PROBLEMS.values()]
+    assert all(row["passed"] for row in rows)
+
+
 def test_sweep_points_run_concurrently_and_come_back_in_order(tmp_path):
     temperatures = [0.2, 0.4, 0.6, 0.8]
     config = _config(tmp_path, n=1, ks=[1], limit=2, batch_size=2, run_name="together")
