@@ -134,7 +134,9 @@ def _generate_and_check(client: Sampler, run: _Run, problems: list[Problem], poo
                     for index, completion in enumerate(result["completions"]):
                         run.submit(pool, problem, sample_offset + index, completion)
     finally:
-        requests.shutdown(wait=True, cancel_futures=True)   # a failed batch cancels those not yet sent
+        # A failed batch (or Ctrl-C) cancels those not yet sent and returns at once, not after the
+        # requests in flight finish.
+        requests.shutdown(wait=False, cancel_futures=True)
 
 
 def _responses(client: Sampler, batch: list[Problem], params: dict[str, Any], repeat_seeds: bool):

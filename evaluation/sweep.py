@@ -107,7 +107,8 @@ def _study(client: Sampler, config: EvalConfig, temperatures: list[float],
     study_dir = Path(config.output_dir) / (config.run_name or f"{config.benchmark}-sweep")
     todo = [(label, adapter, t_train, t) for label, adapter, t_train in runs for t in temperatures]
     done: dict[int, SweepPoint] = {}
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+    pool = ThreadPoolExecutor(max_workers=concurrency)
+    try:
         futures = {pool.submit(_run_point, client, config, adapter=adapter, temperature=t, study_dir=study_dir): i
                    for i, (_, adapter, _, t) in enumerate(todo)}
         for future in as_completed(futures):
@@ -115,6 +116,10 @@ def _study(client: Sampler, config: EvalConfig, temperatures: list[float],
             label, _, t_train, _ = todo[index]
             done[index] = _point(future.result(), label, t_train)
             save_points([done[i] for i in sorted(done)], study_dir)   # a crash keeps the points done so far
+    finally:
+        # On Ctrl-C or an error, return at once: waiting here would hold the caller (and the
+        # service it will stop) until the points in flight finish.
+        pool.shutdown(wait=False, cancel_futures=True)
     return [done[i] for i in sorted(done)]
 
 

@@ -21,6 +21,7 @@ from common.protocol import (
 from evaluation.config import DEFAULT_T_EVAL
 from evaluation.sweep import DEFAULT_SWEEP_CONCURRENCY, MAX_SWEEP_CONCURRENCY
 from ssd.prompt_datasets import DEDUP_NORMALIZED, FORMAT_AUTO, PromptDataConfig
+from trainer.config import MAX_LORA_RANK
 
 MAX_ROUNDS = 20
 MAX_PROMPTS = 10_000_000
@@ -137,6 +138,7 @@ class RunConfig:
         check_range("heldout_prompts", self.heldout_prompts, 0, MAX_PROMPTS)
         check_range("sweep_n", self.sweep_n, 1, DEFAULT_MAX_N)
         check_range("sweep_concurrency", self.sweep_concurrency, 1, MAX_SWEEP_CONCURRENCY)
+        check_range("lora_rank", self.lora_rank, 1, MAX_LORA_RANK)
         for name in ("sample_max_tokens", "eval_max_tokens", "max_seq_len"):
             require(getattr(self, name) >= 0, f"{name} must be >= 0 (0 = what the context holds)")
         check_range("plan_tokens_per_s", self.plan_tokens_per_s, 0, float("inf"), low_open=True)

@@ -56,6 +56,7 @@ from trainer.config import MAX_MAX_SEQ_LEN, TrainConfig
 CONFIG_FILE = "config.yaml"
 # One evaluation request carries a batch of problems times their repeats; on a busy CPU that takes
 # many minutes, and a timed-out request is not resent (it may still be running).
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # vLLM's LoRAConfig accepts only these
 RUN_REQUEST_TIMEOUT_S = 3600.0
 SAMPLE_STAT_FIELDS = ("num_prompts", "samples_written", "samples_kept", "samples_filtered", "output_tokens",
                       "tokens_per_s", "prompts_clamped", "prompts_too_long")
@@ -249,6 +250,11 @@ def _tokenizer(model_path: str) -> Any:
     return AutoTokenizer.from_pretrained(model_path)
 
 
+def served_lora_rank(lora_rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds `lora_rank`."""
+    return next(rank for rank in VLLM_MAX_LORA_RANKS if rank >= lora_rank)
+
+
 def run_experiment(config: RunConfig, api_key: str | None = None) -> Path:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     (config.output_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(config)))
@@ -256,7 +262,11 @@ def run_experiment(config: RunConfig, api_key: str | None = None) -> Path:
         with SamplerClient(config.sampler_url, api_key=api_key, timeout_s=RUN_REQUEST_TIMEOUT_S) as sampler:
             return Experiment(config, sampler).run()
     print(f"[ssd run] starting the sampling service for {config.model} (log: {config.output_dir / 'service.log'})")
-    with (LocalServer(config.model, config.output_dir / "service", config.output_dir / "service.log") as server,
+    # The run's own service needs room for the run's rank alone. vLLM pads every adapter to
+    # max_lora_rank, so the service default (64) would do 4x the LoRA arithmetic of a rank-16 run.
+    served_rank = ["--max-lora-rank", str(served_lora_rank(config.lora_rank))]
+    with (LocalServer(config.model, config.output_dir / "service", config.output_dir / "service.log",
+                      extra_args=served_rank) as server,
           SamplerClient(server.url, api_key=api_key, timeout_s=RUN_REQUEST_TIMEOUT_S) as sampler):
         return Experiment(config, sampler).run()
 
