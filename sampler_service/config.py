@@ -18,11 +18,17 @@ DEFAULT_MAX_QUEUE = 512          # requests admitted to the engine at once (sync
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_ADAPTER_BYTES = 4 * 1024 * 1024 * 1024   # a rank-64 adapter on a 30B model is GBs
 DEFAULT_JOB_CONCURRENCY = 64     # prompts of one job in flight, so continuous batching stays full
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # vLLM's LoRAConfig accepts only these
 DEFAULT_MAX_LORA_RANK = 64
 MAX_COUNT = 2 ** 62              # sizes and counts: only their lower bound matters
 MAX_KV_CACHE_GB = 1 << 20
 DEFAULT_MAX_IN_FLIGHT_PER_KEY = 64   # one key's requests in flight before 429; a key line may set its own
 POSTGRES_URL_PREFIXES = ("postgresql://", "postgres://")
+
+
+def served_lora_rank(lora_rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds `lora_rank`: vLLM pads every adapter to it."""
+    return next(rank for rank in VLLM_MAX_LORA_RANKS if rank >= lora_rank)
 
 
 @dataclass

@@ -139,8 +139,8 @@ class RunConfig:
         check_range("sweep_n", self.sweep_n, 1, DEFAULT_MAX_N)
         check_range("sweep_concurrency", self.sweep_concurrency, 1, MAX_SWEEP_CONCURRENCY)
         check_range("lora_rank", self.lora_rank, 1, MAX_LORA_RANK)
-        for name in ("sample_max_tokens", "eval_max_tokens", "max_seq_len"):
-            require(getattr(self, name) >= 0, f"{name} must be >= 0 (0 = what the context holds)")
+        for name in ("sample_max_tokens", "eval_max_tokens", "max_seq_len"):   # 0: what the context holds
+            check_range(name, getattr(self, name), FILL_CONTEXT, float("inf"))
         check_range("plan_tokens_per_s", self.plan_tokens_per_s, 0, float("inf"), low_open=True)
         require(self.round_start in ROUND_STARTS,
                 f"round_start must be one of {ROUND_STARTS}, got {self.round_start!r}")

@@ -35,6 +35,7 @@ from common.protocol import JOB_COMPLETED, wire_max_tokens
 from evaluation.config import EvalConfig
 from evaluation.runner import evaluate, format_summary
 from evaluation.sweep import save_points, temperature_sweep
+from sampler_service.config import served_lora_rank
 from ssd import report
 from ssd.config import ROUND_START_CONTINUE, RunConfig
 from ssd.jobs import export_samples, wait_with_progress
@@ -56,7 +57,6 @@ from trainer.config import MAX_MAX_SEQ_LEN, TrainConfig
 CONFIG_FILE = "config.yaml"
 # One evaluation request carries a batch of problems times their repeats; on a busy CPU that takes
 # many minutes, and a timed-out request is not resent (it may still be running).
-VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # vLLM's LoRAConfig accepts only these
 RUN_REQUEST_TIMEOUT_S = 3600.0
 SAMPLE_STAT_FIELDS = ("num_prompts", "samples_written", "samples_kept", "samples_filtered", "output_tokens",
                       "tokens_per_s", "prompts_clamped", "prompts_too_long")
@@ -248,11 +248,6 @@ def _tokenizer(model_path: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_path)
-
-
-def served_lora_rank(lora_rank: int) -> int:
-    """The smallest max_lora_rank vLLM accepts that holds `lora_rank`."""
-    return next(rank for rank in VLLM_MAX_LORA_RANKS if rank >= lora_rank)
 
 
 def run_experiment(config: RunConfig, api_key: str | None = None) -> Path:

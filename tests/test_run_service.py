@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from common.config import ConfigError
+from sampler_service.config import VLLM_MAX_LORA_RANKS, served_lora_rank
 from ssd.config import RunConfig
-from ssd.pipeline import VLLM_MAX_LORA_RANKS, served_lora_rank
 
 
 @pytest.mark.parametrize(("lora_rank", "served"), [(1, 1), (4, 8), (16, 16), (17, 32), (64, 64), (300, 320)])
