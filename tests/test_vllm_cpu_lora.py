@@ -71,3 +71,68 @@ def test_register_installs_the_kernels_where_the_cpu_wrapper_looks(reference):
         importlib.reload(reference)
         importlib.reload(importlib.import_module("vllm.lora.ops.torch_ops"))
         importlib.reload(punica_cpu)
+
+
+def _linear_case(tokens=29, slots=3, rank=8, width=24, slices=(16, 8, 8), seed=1):
+    """Stacked weights as vLLM keeps them for a fused layer (e.g. q, k, v): one A and B per slice."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, width, generator=gen)
+    a = tuple(torch.randn(slots, 1, rank, width, generator=gen) for _ in slices)
+    b = tuple(torch.randn(slots, 1, size, rank, generator=gen) for size in slices)
+    return x, a, b, slices
+
+
+def _reference_linear(y, x, a, b, scale, slices, indices):
+    """vLLM's add_lora_linear semantics, token by token."""
+    y = y.clone()
+    for t, slot in enumerate(indices.tolist()):
+        if slot < 0:
+            continue
+        offset = 0
+        for a_i, b_i, size in zip(a, b, slices):
+            y[t, offset: offset + size] += scale * (x[t] @ a_i[slot, 0].T) @ b_i[slot, 0].T
+            offset += size
+    return y
+
+
+@pytest.mark.parametrize("pattern", ["one adapter", "adapter and base", "three adapters", "base only"])
+def test_grouped_linear_lora_matches_token_by_token(pattern):
+    x, a, b, slices = _linear_case()
+    tokens = x.shape[0]
+    indices = {"one adapter": torch.full((tokens,), 2),
+               "adapter and base": torch.tensor([1, -1] * (tokens // 2) + [1]),
+               "three adapters": torch.arange(tokens) % 3,
+               "base only": torch.full((tokens,), -1)}[pattern]
+    start = torch.randn(tokens, sum(slices))
+    got = start.clone()
+    ours.add_grouped_lora(got, x, a, b, 0.5, slices, ours.adapter_groups(indices))
+    torch.testing.assert_close(got, _reference_linear(start, x, a, b, 0.5, slices, indices))
+    if pattern == "base only":
+        assert torch.equal(got, start)
+
+
+def test_groups_name_every_adapter_token_once():
+    indices = torch.tensor([0, -1, 1, 0, 1, -1])
+    groups = ours.adapter_groups(indices)
+    assert [slot for slot, _ in groups] == [0, 1]
+    assert [rows.tolist() for _, rows in groups] == [[0, 3], [2, 4]]
+    assert ours.adapter_groups(torch.tensor([1, 1, 1])) == [(1, None)]   # one adapter: no gather
+    assert ours.adapter_groups(torch.tensor([-1, -1])) == []
+
+
+def test_register_installs_the_grouped_wrapper_once():
+    import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+
+    original = punica_cpu.PunicaWrapperCPU
+    try:
+        ours.register()
+        installed = punica_cpu.PunicaWrapperCPU
+        ours.register()
+        assert punica_cpu.PunicaWrapperCPU is installed, "a second register() must not stack subclasses"
+        # vLLM finds the wrapper through this name (vllm/lora/punica_wrapper/punica_selector.py).
+        resolved = resolve_obj_by_qualname("vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU")
+        assert resolved is installed and issubclass(resolved, original)
+        assert getattr(resolved, "groups_tokens_once", False)
+    finally:
+        importlib.reload(punica_cpu)

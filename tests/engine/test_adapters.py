@@ -189,6 +189,32 @@ def test_greedy_output_and_logprobs_match_hf_peft(http, adapters_dir, demo_model
         assert position["logprob"] == pytest.approx(float(row[token_id]), abs=2e-3)
 
 
+def test_base_and_two_adapters_in_one_batch_each_get_their_own_output(http, sampler_url, adapters_dir):
+    """The CPU LoRA wrapper groups a batch's tokens by adapter; requests sent together share the
+    engine's steps, and each must come out as it does alone."""
+    assert upload(http, "left", adapters_dir["a"]).status_code == 201
+    assert upload(http, "right", adapters_dir["b"]).status_code == 201
+    names = [None, "left", "right"]
+    alone = {name: greedy(http, name)["results"][0]["completions"][0]["token_ids"] for name in names}
+    assert len({tuple(ids) for ids in alone.values()}) == 3, "the adapters must change the output"
+    together: dict[str | None, list[int]] = {}
+    start = threading.Barrier(len(names))
+
+    def send(name: str | None) -> None:
+        with httpx.Client(base_url=sampler_url, timeout=300, headers=auth_headers()) as client:
+            start.wait()
+            together[name] = greedy(client, name)["results"][0]["completions"][0]["token_ids"]
+
+    threads = [threading.Thread(target=send, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    http.delete("/v1/adapters/left")
+    http.delete("/v1/adapters/right")
+    assert together == alone
+
+
 def test_swap_under_load_fails_no_request(http, sampler_url, adapters_dir):
     assert upload(http, "hot", adapters_dir["a"]).status_code == 201
     failures: list[str] = []
