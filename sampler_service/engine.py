@@ -64,6 +64,30 @@ def configure_cpu_threads(cpu_threads: str) -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
+@dataclass(frozen=True)
+class ContextFit:
+    """The one rule for how a prompt and its `max_tokens` fit the context. A synchronous request
+    that does not fit is refused (`Engine.check_fits`); a job lowers it and counts the prompt."""
+
+    prompt_tokens: int
+    room: int                 # the new tokens the context leaves after the prompt
+    requested: int | None     # max_tokens as asked; None fills the context
+
+    @property
+    def too_long(self) -> bool:
+        """The prompt alone fills the context: no new token fits."""
+        return self.room < 1
+
+    @property
+    def clamped(self) -> bool:
+        """A number was asked for, and the context holds fewer."""
+        return self.requested is not None and self.requested > self.room
+
+    @property
+    def max_tokens(self) -> int:
+        return self.room if self.requested is None else min(self.requested, self.room)
+
+
 @dataclass
 class GenerationResult:
     prompt_token_ids: list[int]
@@ -188,25 +212,24 @@ class Engine:
             raise InvalidRequest(f"the chat template rejected the conversation: {exc}", param="messages") from exc
         return text, list(self._tokenizer.encode(text, add_special_tokens=False))
 
-    def room(self, prompt_ids: list[int]) -> int:
-        """The new tokens the context leaves after this prompt (< 1: the prompt alone is too long)."""
-        return self.max_model_len - len(prompt_ids)
+    def fit(self, prompt_ids: list[int], max_tokens: int | None) -> ContextFit:
+        """How this prompt and the `max_tokens` asked for (None: fill) fit the context."""
+        return ContextFit(prompt_tokens=len(prompt_ids), room=self.max_model_len - len(prompt_ids),
+                          requested=max_tokens)
 
     def check_fits(self, prompt_ids: list[int], max_tokens: int | None) -> int:
         """The new tokens this prompt gets: `max_tokens`, or with None the rest of the context.
         A request that cannot fit is refused with a 400 that says by how much; nothing is cut."""
-        room = self.room(prompt_ids)
-        if room < 1:
-            raise InvalidRequest(f"the prompt ({len(prompt_ids)} tokens) leaves no room in the context "
+        fit = self.fit(prompt_ids, max_tokens)
+        if fit.too_long:
+            raise InvalidRequest(f"the prompt ({fit.prompt_tokens} tokens) leaves no room in the context "
                                  f"length {self.max_model_len}", param="max_tokens")
-        if max_tokens is None:
-            return room
-        if max_tokens > room:
+        if fit.clamped:
             raise InvalidRequest(
-                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the context "
-                f"length {self.max_model_len}; ask for at most {room}, or leave max_tokens out to fill "
+                f"prompt ({fit.prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the context "
+                f"length {self.max_model_len}; ask for at most {fit.room}, or leave max_tokens out to fill "
                 "the context", param="max_tokens")
-        return max_tokens
+        return fit.max_tokens
 
     def check_token_ids(self, token_ids: list[int], param: str) -> None:
         """A token-id prompt must stay inside the vocabulary: vLLM would fail the request later."""

@@ -168,18 +168,15 @@ class JobRunner:
         text, prompt_ids = self.engine.render(value)
         # A prompt too long for the context can't be sampled; record it as done with no samples
         # rather than failing the whole job.
-        room = self.engine.room(prompt_ids)
-        if room < 1:
+        fit = self.engine.fit(prompt_ids, job["params"].get("max_tokens"))
+        if fit.too_long:
             log.warning("job %s prompt %s is longer than the context; skipped", job["id"], prompt_id)
             result = PromptResult(idx, prompt_id, text, prompt_ids, [], None, too_long=True)
             await asyncio.to_thread(self.store.record_prompt_result, job["id"], result, job["filters"], 0.0)
             return
-        # No max_tokens: the rest of the context. One larger than the room is lowered to it, and
-        # counted on the job (prompts_clamped), shown by `ssd jobs show` and the report.
-        requested = job["params"].get("max_tokens")
-        clamped = requested is not None and requested > room
-        max_new = room if requested is None else min(requested, room)
-        sampling_params = self.engine.with_max_tokens(sampling_params, max_new)
+        # A max_tokens larger than the room is lowered to it, and counted on the job
+        # (prompts_clamped), shown by `ssd jobs show` and the report.
+        sampling_params = self.engine.with_max_tokens(sampling_params, fit.max_tokens)
         await self.engine.admission.enter()
         try:
             async with self.adapters.lease(job["params"].get("adapter")) as adapter:
@@ -190,6 +187,6 @@ class JobRunner:
             await self.engine.admission.leave()
         now = time.monotonic()
         elapsed, clock["last"] = now - clock["last"], now
-        result = PromptResult(idx, prompt_id, text, prompt_ids, generated.completions, ref, clamped=clamped)
+        result = PromptResult(idx, prompt_id, text, prompt_ids, generated.completions, ref, clamped=fit.clamped)
         await asyncio.to_thread(self.store.record_prompt_result, job["id"], result, job["filters"], elapsed)
         self.metrics.record_tokens(sum(len(c.token_ids) for c in generated.completions))

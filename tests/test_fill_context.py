@@ -11,6 +11,7 @@ from common.models import context_length, local_model_config
 from common.protocol import FILL_CONTEXT, wire_max_tokens
 from evaluation.config import EvalConfig
 from evaluation.runner import evaluate
+from sampler_service.engine import ContextFit
 from ssd.config import RunConfig, SamplingConfig
 from ssd.pipeline import Experiment
 from ssd.plan import format_plan, make_plan
@@ -23,6 +24,19 @@ def _model_folder(tmp_path, context: int):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"max_position_embeddings": context}))
     return folder
+
+
+def test_one_rule_for_how_a_prompt_fits_the_context():
+    """The service refuses what does not fit (check_fits) and a job lowers it and counts it; both
+    read these three answers."""
+    fill = ContextFit(prompt_tokens=100, room=924, requested=None)
+    assert (fill.max_tokens, fill.clamped, fill.too_long) == (924, False, False)   # filling is not a clamp
+    asked = ContextFit(prompt_tokens=100, room=924, requested=512)
+    assert (asked.max_tokens, asked.clamped) == (512, False)
+    too_many = ContextFit(prompt_tokens=100, room=924, requested=4096)
+    assert (too_many.max_tokens, too_many.clamped) == (924, True)
+    full = ContextFit(prompt_tokens=1024, room=0, requested=None)
+    assert full.too_long and ContextFit(prompt_tokens=1030, room=-6, requested=8).too_long
 
 
 def test_fill_context_goes_out_as_no_max_tokens():
