@@ -18,6 +18,10 @@ DEFAULT_REQUESTS_IN_FLIGHT = 4
 MAX_REQUESTS_IN_FLIGHT = 16
 MAX_TOKENS_LIMIT = 32768          # ml-ssd's evaluation max_tokens
 MAX_PROBLEMS = 10 ** 7
+# What decides an answer and its verdict. Two runs that agree on these draw their answers from the
+# same distribution and check them the same way, so one can stand in for a part of the other.
+ANSWER_FIELDS = ("benchmark", "benchmark_path", "date_from", "date_to", "t_eval", "top_k", "top_p", "max_tokens",
+                 "adapter", "timeout_s", "memory_mb", "output_check", "code_extraction", "request_seed")
 
 
 @dataclass

@@ -7,6 +7,7 @@ problem), and its answers go to the sandbox pool while the next batch is being g
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,11 +18,12 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from common.config import to_dict
+from common.jsonl import read_jsonl
 from common.protocol import wire_max_tokens
 from evaluation.benchmarks import Benchmark, Problem, get_benchmark
-from evaluation.config import EvalConfig
+from evaluation.config import ANSWER_FIELDS, EvalConfig
 from evaluation.execution import CheckResult, check_answer
-from evaluation.metrics import Scores, score, write_results
+from evaluation.metrics import SAMPLES_FILE, SUMMARY_FILE, Scores, score, write_results
 from evaluation.sandbox import ensure_isolation
 
 
@@ -173,6 +175,36 @@ def evaluate(client: Sampler, config: EvalConfig) -> EvalResult:
                "elapsed_s": round(elapsed, 2), "num_problems": len(problems), "isolation": isolation}
     write_results(out_dir, rows, scores, summary)
     return EvalResult(config, scores, out_dir, elapsed, run.served_adapter, run.usage)
+
+
+def reuse_run(earlier_dir: str | Path, config: EvalConfig) -> EvalResult | None:
+    """`config`'s run, taken from an earlier run instead of sampled: possible when the earlier one
+    used the same model and answer settings (ANSWER_FIELDS), covered every problem `config` selects,
+    and drew at least `config.n` answers for each. The first n answers of each problem are kept, and
+    scored and written as `evaluate` would. None when the earlier run cannot stand in."""
+    earlier_dir = Path(earlier_dir)
+    summary_path, samples_path = earlier_dir / SUMMARY_FILE, earlier_dir / SAMPLES_FILE
+    if not (summary_path.exists() and samples_path.exists()):
+        return None
+    summary = json.loads(summary_path.read_text())
+    earlier = summary.get("config", {})
+    wanted = to_dict(config)
+    if any(earlier.get(name) != wanted[name] for name in ANSWER_FIELDS):
+        return None
+    problems = load_benchmark(config).problems(limit=config.limit, ids=config.problems, difficulty=config.difficulty)
+    by_problem: dict[str, list[dict[str, Any]]] = {p.id: [] for p in problems}
+    for row in read_jsonl(samples_path):
+        if row["problem_id"] in by_problem and row["sample_index"] < config.n:
+            by_problem[row["problem_id"]].append(row)
+    if not problems or any(len(rows) != config.n for rows in by_problem.values()):
+        return None
+    rows = [row for p in problems for row in sorted(by_problem[p.id], key=lambda r: r["sample_index"])]
+    scores = score(rows, config.ks, seed=config.seed)
+    out_dir = Path(config.output_dir) / config.resolved_run_name()
+    write_results(out_dir, rows, scores, {
+        "config": to_dict(config), "reused_from": str(earlier_dir), "served_adapter": summary.get("served_adapter"),
+        "usage": {}, "elapsed_s": 0.0, "num_problems": len(problems), "isolation": summary.get("isolation")})
+    return EvalResult(config, scores, out_dir, 0.0, summary.get("served_adapter"))
 
 
 def format_summary(scores: Scores, title: str = "") -> str:

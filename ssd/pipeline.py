@@ -208,8 +208,15 @@ class Experiment:
         config = self._eval_config(key, None, limit=cfg.sweep_limit, n=cfg.sweep_n, ks=[1], run_name="sweep",
                                    repeat_seeds=self._repeat_seeds() and cfg.sweep_n > 1)
         points = temperature_sweep(self.sampler, config, list(cfg.sweep_temperatures), adapter=adapter,
-                                   t_train=cfg.t_train, concurrency=cfg.sweep_concurrency)
+                                   t_train=cfg.t_train, concurrency=cfg.sweep_concurrency,
+                                   earlier=self._main_evaluations(adapter))
         return SweepStage(sweep_file=str(save_points(points, self.root / key / "sweep")))
+
+    def _main_evaluations(self, adapter: str) -> dict[tuple[str | None, float], str]:
+        """The base model's and the last adapter's runs at T_eval: their first answers on the
+        sweep's problems are the sweep's T_eval points already, with the same settings."""
+        runs = {None: self.state.baseline, adapter: self.state.rounds[-1].eval}
+        return {(model, self.config.t_eval): stage.run_dir for model, stage in runs.items() if stage is not None}
 
     def _diagnose(self, last: RoundState, teacher: RoundState | None, samples_file: str) -> DiagnoseStage:
         from diagnostics import diagnose, write_report_section  # torch: only when diagnosing

@@ -171,6 +171,10 @@ def _sweep_section(root: Path, state: RunState, figures: Path) -> list[str]:
         metric = point.metrics["pass@1"]
         lines.append(f"| {label} | {point.t_eval:g} | {point.t_eff:g} | {100 * metric.value:.1f} "
                      f"[{100 * metric.ci_low:.1f}, {100 * metric.ci_high:.1f}] |")
+    reused = sorted({point.t_eval for point in points if point.reused_from})
+    if reused:
+        lines += ["", f"The points at T_eval {', '.join(f'{t:g}' for t in reused)} were not sampled again: they are "
+                  "the main evaluations' first answers on the sweep's problems, drawn with the same settings."]
     return lines + ["", f"![pass@1 vs T_eval]({t_eval_plot.relative_to(root)})", "",
                     f"![pass@1 vs T_eff]({t_eff_plot.relative_to(root)})", ""]
 

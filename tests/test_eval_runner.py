@@ -15,7 +15,7 @@ from evaluation.benchmarks import get_benchmark
 from evaluation.config import EvalConfig
 from evaluation.metrics import rescore
 from evaluation.report import best_points, write_report
-from evaluation.runner import evaluate, format_summary
+from evaluation.runner import evaluate, format_summary, reuse_run
 from evaluation.sweep import load_points, parse_grid, temperature_grid, temperature_sweep
 
 PROBLEMS = {p.prompt: p for p in get_benchmark("humaneval").problems(limit=4)}
@@ -126,6 +126,44 @@ def test_sweep_points_run_concurrently_and_come_back_in_order(tmp_path):
     assert [p.t_eval for p in load_points(tmp_path / "together")] == temperatures
     with pytest.raises(ConfigError, match="concurrency"):
         temperature_sweep(FakeSampler(), config, temperatures, concurrency=0)
+
+
+def test_an_earlier_run_stands_in_for_its_first_answers_on_fewer_problems(tmp_path):
+    # Two of four answers pass: the first answer of each problem passes, so the subset scores 1.0.
+    main = evaluate(FakeSampler(lambda t, adapter: 2), _config(tmp_path, run_name="main"))
+    subset = _config(tmp_path, limit=3, n=1, ks=[1], run_name="subset")
+    reused = reuse_run(main.output_dir, subset)
+    assert reused is not None and reused.scores.num_problems == 3 and reused.scores.num_samples == 3
+    assert reused.scores.overall["pass@1"].value == pytest.approx(1.0)
+    rows = [json.loads(line) for line in (reused.output_dir / "samples.jsonl").read_text().splitlines()]
+    assert [(row["problem_id"], row["sample_index"]) for row in rows] == [(p.id, 0) for p in list(PROBLEMS.values())[:3]]
+    assert rescore(reused.output_dir).overall["pass@1"].value == pytest.approx(1.0)   # written as evaluate writes
+    summary = json.loads((reused.output_dir / "summary.json").read_text())
+    assert summary["reused_from"] == str(main.output_dir)
+    # It cannot stand in for other answer settings, more repeats, or problems it did not sample.
+    assert reuse_run(main.output_dir, _config(tmp_path, limit=3, n=1, t_eval=0.9)) is None
+    assert reuse_run(main.output_dir, _config(tmp_path, limit=3, n=1, adapter="ssd")) is None
+    assert reuse_run(main.output_dir, _config(tmp_path, limit=3, n=1, max_tokens=64)) is None
+    assert reuse_run(main.output_dir, _config(tmp_path, limit=3, n=5)) is None
+    assert reuse_run(main.output_dir, _config(tmp_path, limit=5, n=1)) is None
+    assert reuse_run(tmp_path / "nothing-here", subset) is None
+
+
+def test_a_sweep_takes_its_t_eval_points_from_the_main_evaluations(tmp_path):
+    good = FakeSampler(lambda t, adapter: 1)
+    main = {None: evaluate(good, _config(tmp_path, t_eval=0.8, run_name="base")),
+            "ssd": evaluate(good, _config(tmp_path, t_eval=0.8, adapter="ssd", run_name="ssd"))}
+    sampler = FakeSampler(lambda t, adapter: 0)   # anything sampled now fails
+    config = _config(tmp_path, limit=2, n=1, ks=[1], run_name="sweep")
+    points = temperature_sweep(sampler, config, [0.4, 0.8], adapter="ssd", concurrency=2,
+                               earlier={(model, 0.8): run.output_dir for model, run in main.items()})
+    sampled = sorted((r["adapter"] or "", r["temperature"]) for r in sampler.requests)
+    assert sampled == [("", 0.4), ("ssd", 0.4)]                       # T 0.8 was not sampled again
+    by_point = {(p.adapter, p.t_eval): p for p in points}
+    assert by_point[(None, 0.8)].metrics["pass@1"].value == pytest.approx(1.0)
+    assert by_point[(None, 0.8)].reused_from == str(main[None].output_dir)
+    assert by_point[("ssd", 0.4)].reused_from is None
+    assert [p.reused_from for p in load_points(tmp_path / "sweep")] == [p.reused_from for p in points]
 
 
 def _parse(argv):

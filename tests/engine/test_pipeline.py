@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evaluation.sweep import load_points
 from ssd.state import RunState, load_state
 
 pytestmark = pytest.mark.engine
@@ -36,7 +37,7 @@ def _tiny_config(tmp_path: Path, sampler_url: str) -> Path:
         "adapter_name": "pipeline", "prompts_file": str(prompts), "heldout_prompts": 2,
         "sample_max_tokens": 48, "drop_shortest_fraction": 0.0, "train_config": str(train_config),
         "lora_rank": 4, "lr": 1e-3, "max_seq_len": 256, "eval_limit": 2, "eval_max_tokens": 48,
-        "sweep_temperatures": [0.5], "sweep_limit": 2}))
+        "t_eval": 0.7, "sweep_temperatures": [0.5, 0.7], "sweep_limit": 2}))
     return config
 
 
@@ -86,6 +87,10 @@ def test_ssd_run_writes_the_report_and_resumes_after_sigkill(sampler_url, tmp_pa
     assert two.push.version == one.push.version + 1
     assert two.eval.adapter == two.push.alias
     assert after.sweep is not None and after.heldout is not None and after.diagnose is not None
+    # The sweep samples T_eval 0.5 for both models; at T_eval 0.7 it takes the main evaluations.
+    reused = {(p.adapter, p.t_eval): p.reused_from for p in load_points(after.sweep.sweep_file)}
+    assert reused == {(None, 0.5): None, (two.push.alias, 0.5): None,
+                      (None, 0.7): after.baseline.run_dir, (two.push.alias, 0.7): two.eval.run_dir}
     # Round 2's diagnostics compare round 1's model (its teacher) with round 2's.
     assert "Paired, problem by problem" in (tmp_path / "run" / "report.md").read_text()
 
@@ -95,6 +100,7 @@ def test_ssd_run_writes_the_report_and_resumes_after_sigkill(sampler_url, tmp_pa
         assert (tmp_path / "run" / "figures" / figure).stat().st_size > 0
     assert "report:" in output and "SSD round 1" in output and "SSD round 2" in output
     assert "### round-2:" in report
+    assert "The points at T_eval 0.7 were not sampled again" in report
 
     # `ssd report` rebuilds the same report from the recorded state alone.
     rebuilt = subprocess.run([sys.executable, "-m", "ssd.cli", "report", str(tmp_path / "run")], cwd=REPO,
