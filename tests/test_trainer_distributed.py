@@ -122,3 +122,21 @@ def test_two_gloo_ranks_match_one_process_with_twice_the_micro_batch_and_resume_
     torchrun(tmp_path, f"{parallel}-resumed", values, "--resume")
     assert max_difference(adapter(run_dir), reference) <= ADAPTER_ATOL
     assert_same_steps(metrics(run_dir), reference_metrics)
+
+
+@pytest.mark.slow
+def test_fsdp_shards_a_bfloat16_base_and_trains_like_one_process(single_process):
+    """`base_dtype: bfloat16` under FSDP: a mixed-precision policy gathers the bfloat16 base and the
+    float32 LoRA weights in bfloat16 and reduces the LoRA gradients in float32."""
+    tmp_path, model_dir, samples_file, _, _ = single_process
+    one = train(TrainConfig(**run_values(model_dir, samples_file, tmp_path / "single-bf16", base_dtype="bfloat16")))
+    run_dir = tmp_path / "fsdp-bf16"
+    torchrun(tmp_path, "fsdp-bf16", run_values(model_dir, samples_file, run_dir, micro_batch_size=4,
+                                               micro_batch_tokens=4 * 64, parallel="fsdp", base_dtype="bfloat16"))
+    lines = metrics(run_dir)
+    assert [line["step"] for line in lines] == list(range(1, STEPS + 1))
+    # Not bit-equal: one process computes LoRA in float32, FSDP in bfloat16. Same training, within rounding.
+    for line, expected in zip(lines, metrics(tmp_path / "single-bf16")):
+        assert line["loss"] == pytest.approx(expected["loss"], rel=1e-2)
+    assert lines[-1]["loss"] == pytest.approx(one.final_loss, rel=1e-2)
+    assert {t.dtype for t in adapter(run_dir).values()} == {torch.float32}

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from common.config import ConfigError
 from tests.test_trainer_fixtures import TINY_EOS, save_tiny_llama, synthetic_samples, tiny_llama
@@ -186,6 +187,24 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path):
     checkpointed = train(small_config(tmp_path / "b", gradient_checkpointing=True), ListSampleSource(samples),
                          model=tiny_llama())
     assert checkpointed.final_loss == pytest.approx(plain.final_loss, rel=1e-4)
+
+
+def test_a_bfloat16_base_keeps_float32_lora_weights_and_trains_alike(tmp_path):
+    folder = save_tiny_llama(tmp_path / "tiny")
+    samples = synthetic_samples(12)
+    recipe = LoRAFinetuneRecipe(small_config(tmp_path / "b16", model=str(folder), base_dtype="bfloat16"),
+                                ListSampleSource(samples))
+    recipe.setup()
+    frozen = {p.dtype for p in recipe.model.parameters() if not p.requires_grad}
+    trained = {p.dtype for p in recipe.model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trained == {torch.float32}   # half the base's memory, not the adapter's
+    half = recipe.train()
+    full = train(small_config(tmp_path / "f32", model=str(folder)), ListSampleSource(samples))
+    assert half.final_loss == pytest.approx(full.final_loss, rel=2e-2)   # bfloat16 rounding, the same training
+    saved = load_file(str(half.adapter_dir / "adapter_model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    with pytest.raises(ConfigError, match="base_dtype"):
+        small_config(tmp_path, base_dtype="float16")
 
 
 def test_a_run_can_start_from_a_previous_adapter(tmp_path):

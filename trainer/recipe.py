@@ -195,7 +195,7 @@ class LoRAFinetuneRecipe:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         if self.model is None:
-            self.model, loaded_tokenizer = _load_base_model(self.config.model)
+            self.model, loaded_tokenizer = _load_base_model(self.config.model, getattr(torch, self.config.base_dtype))
             self.tokenizer = self.tokenizer or loaded_tokenizer
         if self.config.gradient_checkpointing:
             self.model.config.use_cache = False
@@ -220,14 +220,18 @@ class LoRAFinetuneRecipe:
         self.fsdp = self.dist.enabled and self.config.parallel == PARALLEL_FSDP
         if self.fsdp:
             from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
             mesh = init_device_mesh(self.device.type, (self.dist.world_size,))
+            # A bfloat16 base with float32 LoRA weights: gather and compute everything in bfloat16,
+            # as autocast would, and reduce the LoRA gradients in float32 into their float32 shards.
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+                if self.config.base_dtype == "bfloat16" else MixedPrecisionPolicy()
             # Each decoder layer is gathered just before it runs and freed after: one layer's full
             # weights at a time, instead of the whole model, is what lets a large model fit.
             for layer in getattr(self.causal_lm.get_decoder(), "layers", []):
-                fully_shard(layer, mesh=mesh)
-            fully_shard(loss_module, mesh=mesh)     # moves the (sharded) weights to the device
+                fully_shard(layer, mesh=mesh, mp_policy=policy)
+            fully_shard(loss_module, mesh=mesh, mp_policy=policy)   # moves the (sharded) weights to the device
             return loss_module
         loss_module.to(self.device)
         if not self.dist.enabled:
@@ -566,13 +570,13 @@ def push_adapter(sampler_url: str, name: str, adapter_dir: Path, *, client: Any 
         return sampler.upload_adapter(name, adapter_dir)
 
 
-def _load_base_model(name: str) -> tuple[Any, Any]:
+def _load_base_model(name: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from common.models import resolve_model
 
     path = resolve_model(name)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError, KeyError) as exc:
