@@ -28,7 +28,8 @@ PROMPT = "def merge_sorted(a, b):"
 REQUEST = {"prompts": [PROMPT], "max_tokens": 16, "temperature": 1.0, "adapter": "bench"}
 
 
-def make_adapters(base: str, out: Path, count: int) -> list[Path]:
+def make_adapters(base: str, out: Path, count: int, rank: int = 16) -> list[Path]:
+    """`count` random rank-`rank` adapters on all seven projections, one seed each."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -37,7 +38,7 @@ def make_adapters(base: str, out: Path, count: int) -> list[Path]:
     for seed in range(count):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, init_lora_weights=False,
+        peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False,
                                                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                                       "gate_proj", "up_proj", "down_proj"]))
         folder = out / f"adapter{seed}"

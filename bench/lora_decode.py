@@ -25,24 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.adapters import make_adapters  # noqa: E402
 from common.models import resolve_model  # noqa: E402
 from sampler_service.engine import configure_cpu_threads  # noqa: E402
 
 WRAPPERS = ("grouped", "kernels-only")
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def make_adapter(model: str, rank: int, out: Path) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    peft_model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False,
-                                                 target_modules=TARGETS))
-    peft_model.save_pretrained(out)
-    return out
 
 
 def use_vllms_wrapper() -> None:
@@ -98,7 +85,7 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = make_adapter(args.model, args.rank, Path(tmp) / "adapter")
+        adapter = make_adapters(args.model, Path(tmp), 1, rank=args.rank)[0]
         print(f"{args.prompts} prompts x {args.max_tokens} tokens, rank {args.rank}, best of {args.repeats}")
         print(f"{'wrapper':<14}{'base s':>9}{'adapter s':>11}{'adapter/base':>14}")
         for wrapper in WRAPPERS:

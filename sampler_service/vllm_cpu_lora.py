@@ -27,17 +27,30 @@ import torch
 _PATCHED_NAMES = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")
 
 
+Groups = list[tuple[int, "torch.Tensor | None"]]
+
+
+def adapter_groups(indices: torch.Tensor) -> Groups:
+    """(adapter slot, its token rows) for each adapter in the batch; rows None means every token.
+    Tokens without an adapter (index -1) are in no group."""
+    present = torch.unique(indices).tolist()
+    adapters = [index for index in present if index >= 0]
+    if present == adapters and len(adapters) == 1:
+        return [(adapters[0], None)]
+    return [(index, (indices == index).nonzero(as_tuple=True)[0]) for index in adapters]
+
+
 def _grouped_matmul(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
                     dtype: torch.dtype) -> torch.Tensor:
     """Row t of the result is weights[indices[t]] @ inputs[t], zero where indices[t] < 0."""
     if weights.dim() == 4:
         weights = weights.squeeze(1)
+    groups = adapter_groups(indices)
+    if len(groups) == 1 and groups[0][1] is None:     # one adapter for every row: no gather
+        return inputs.to(dtype) @ weights[groups[0][0]].to(dtype).T
     out = torch.zeros((inputs.shape[0], weights.shape[1]), dtype=dtype, device=inputs.device)
-    for index in torch.unique(indices).tolist():
-        if index < 0:
-            continue
-        rows = (indices == index).nonzero(as_tuple=True)[0]
-        out[rows] = inputs[rows].to(dtype) @ weights[index].to(dtype).T
+    for slot, rows in groups:
+        out[rows] = inputs[rows].to(dtype) @ weights[slot].to(dtype).T
     return out
 
 
@@ -67,19 +80,6 @@ def bgmv_expand_slice(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output
         output_tensor[:, slice_offset: slice_offset + slice_size] += outputs
     else:
         output_tensor[:, slice_offset: slice_offset + slice_size] = outputs
-
-
-Groups = list[tuple[int, "torch.Tensor | None"]]
-
-
-def adapter_groups(indices: torch.Tensor) -> Groups:
-    """(adapter slot, its token rows) for each adapter in the batch; rows None means every token.
-    Tokens without an adapter (index -1) are in no group."""
-    present = torch.unique(indices).tolist()
-    adapters = [index for index in present if index >= 0]
-    if present == adapters and len(adapters) == 1:
-        return [(adapters[0], None)]
-    return [(index, (indices == index).nonzero(as_tuple=True)[0]) for index in adapters]
 
 
 def add_grouped_lora(y: torch.Tensor, x: torch.Tensor, lora_a: tuple[torch.Tensor, ...],
